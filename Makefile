@@ -1,0 +1,57 @@
+# The README's two commands: `make run` (the host with embedded defaults) and `make test` (everything).
+# Both create .venv if missing and (re)build the native extension into it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.deps-installed
+CONFIG ?= configs/dev.toml
+
+.PHONY: run test install native lint typecheck rust-test py-test wheel-check bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip 'maturin>=1.7,<2'
+
+MATURIN := VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/maturin
+
+# Editable install with every dependency, (re)done when pyproject.toml changes.
+$(STAMP): pyproject.toml | $(PY)
+	$(MATURIN) develop --release -q -E dev
+	touch $(STAMP)
+
+# The native module is rebuilt in place every time (cargo is incremental: seconds when nothing changed).
+native: $(STAMP)
+	$(MATURIN) develop --release -q --skip-install
+
+install: native
+
+run: native
+	$(VENV)/bin/cloudlayer serve --config $(CONFIG)
+
+rust-test:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+	cargo test -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check python tests bench
+	$(VENV)/bin/ruff format --check python tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+py-test: native
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+test: rust-test native lint typecheck py-test
+
+# A release wheel, installed into a throw-away venv, must import its native module.
+wheel-check: $(STAMP)
+	rm -rf dist /tmp/cloudlayer-wheel-venv
+	$(VENV)/bin/maturin build --release -q -o dist
+	$(PYTHON) -m venv /tmp/cloudlayer-wheel-venv
+	/tmp/cloudlayer-wheel-venv/bin/pip install -q dist/*.whl
+	cd /tmp && /tmp/cloudlayer-wheel-venv/bin/python -c "import cloudlayer._native as n, cloudlayer.emv as e; print('wheel ok', n.__version__, e.decode('9F02060000000010009A03261126'))"
+
+clean:
+	rm -rf target dist $(VENV) var .pytest_cache .mypy_cache .ruff_cache

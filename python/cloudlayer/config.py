@@ -1,0 +1,224 @@
+"""Typed configuration: TOML file, then `CLOUDLAYER_<SECTION>_<KEY>` environment overrides.
+
+Every key has a default here; `configs/production.example.toml` documents them all. Unknown keys and
+wrong types stop the start with one line naming the key (ConfigError).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for an operator: names the key and what is wrong."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerConfig(_Section):
+    bind: str = "127.0.0.1:8443"
+    workers: int = 1
+    # TLS: with tls=true and no cert/key, a self-signed dev certificate is generated under var/.
+    tls: bool = True
+    certfile: str = ""
+    keyfile: str = ""
+    # mTLS: a CA bundle makes Hypercorn ask for (and with require_client_cert, demand) a client certificate.
+    client_ca: str = ""
+    require_client_cert: bool = False
+    http2: bool = True
+    keep_alive_timeout: float = 75.0
+    # Hypercorn closes a keep-alive connection after 1,000 requests by default: each close costs
+    # Mypinpad a TLS handshake, so we raise it.
+    keep_alive_max_requests: int = 1_000_000
+    read_timeout: int = 30
+    graceful_timeout: float = 20.0
+    max_body_bytes: int = 16_384
+    transaction_path: str = "/transaction/process"
+    # Directory for generated state (dev cert, keys, client registry, LMDB) when paths are relative.
+    var_dir: str = "var"
+    dev_mode: bool = False
+
+
+class OAuthConfig(_Section):
+    issuer: str = "https://cloudlayer.local"
+    audience: str = "cloudlayer-transactions"
+    token_lifetime: int = 3600
+    algorithm: Literal["ES256", "EdDSA"] = "ES256"
+    leeway: int = 30
+    keys_file: str = "oauth/keys.json"
+    clients_file: str = "oauth/clients.lmdb"
+    # The pepper keys the client-secret hashes; it lives outside the client store (file or env).
+    pepper_file: str = "oauth/pepper"
+    default_scope: str = "transactions:process"
+    # Dev only: create a client on first start and print its id and secret once.
+    dev_client: bool = False
+    token_cache_size: int = 10_000
+    # Failed client authentications: after `slowdown_after` failures in `failure_window` seconds per
+    # client id or source address, answers slow down; after `lockout_after`, 429 with Retry-After.
+    failure_window: float = 300.0
+    slowdown_after: int = 5
+    lockout_after: int = 20
+
+
+class StoreConfig(_Section):
+    backend: Literal["lmdb"] = "lmdb"
+    path: str = "store"
+    map_size_mb: int = 1024
+    # Grow the map by this factor when it fills, up to max_map_size_mb; past that: a clear error.
+    max_map_size_mb: int = 65_536
+    # Group commit: up to this many writes share one LMDB transaction and one fsync.
+    group_commit_max: int = 64
+    retention_days: float = 90.0
+    purge_interval: float = 3600.0
+    # A PENDING record whose owner has not refreshed its heartbeat for this long is treated as orphaned.
+    owner_timeout: float = 10.0
+
+
+class AcquirerConfig(_Section):
+    # "simulator" starts the built-in simulator in-process on an ephemeral loopback port.
+    mode: Literal["simulator", "tcp"] = "simulator"
+    host: str = "127.0.0.1"
+    port: int = 9583
+    tls: bool = False
+    tls_ca: str = ""
+    connections: int = 1
+    timeout: float = 10.0
+    connect_timeout: float = 5.0
+    max_in_flight: int = 1024
+    length_prefix: Literal["2B", "4A", "2A"] = "2B"
+    purchase_mti: Literal["0100", "0200"] = "0200"
+    echo_interval: float = 30.0
+    reconnect_min: float = 0.1
+    reconnect_max: float = 10.0
+    saf_path: str = "saf"
+    saf_retry_min: float = 1.0
+    saf_retry_max: float = 60.0
+    acquirer_institution_id: str = "123456"
+    simulator_config: str = "configs/simulator.toml"
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "console"] = "json"
+
+
+class MetricsConfig(_Section):
+    enabled: bool = True
+    bind: str = "127.0.0.1:9464"
+
+
+class Config(_Section):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    oauth: OAuthConfig = msgspec.field(default_factory=OAuthConfig)
+    store: StoreConfig = msgspec.field(default_factory=StoreConfig)
+    acquirer: AcquirerConfig = msgspec.field(default_factory=AcquirerConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    # Directory the config file lives in; relative paths in the file resolve against var_dir.
+    base_dir: str = "."
+
+    def var_path(self, relative: str) -> Path:
+        """Resolve a state path: absolute paths stay, relative ones go under server.var_dir."""
+        p = Path(relative)
+        if p.is_absolute():
+            return p
+        var = Path(self.server.var_dir)
+        if not var.is_absolute():
+            var = Path(self.base_dir) / var
+        return var / p
+
+
+ENV_PREFIX = "CLOUDLAYER_"
+
+
+def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> None:
+    """Overlay CLOUDLAYER_<SECTION>_<KEY>=value onto the raw TOML dict (values typed later)."""
+    sections = {f.name for f in msgspec.structs.fields(Config) if f.name != "base_dir"}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section, _, key = rest.partition("_")
+        if section not in sections or not key:
+            continue  # other CLOUDLAYER_* variables (e.g. CLOUDLAYER_CONFIG) are not overrides
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"[{section}] must be a table")
+        raw[section][key] = _parse_env_value(value)
+
+
+def _parse_env_value(value: str) -> Any:
+    # TOML scalar syntax first (numbers, booleans, quoted strings, arrays); else the bare string.
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Load and validate a config. Raises ConfigError with one operator-readable line."""
+    raw: dict[str, Any] = {}
+    base_dir = "."
+    if path is not None:
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {p}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: not valid TOML: {e}") from None
+        base_dir = (
+            str(p.resolve().parent.parent)
+            if p.resolve().parent.name == "configs"
+            else str(p.resolve().parent)
+        )
+    _apply_env(raw, dict(os.environ) if environ is None else environ)
+    raw.setdefault("base_dir", base_dir)
+    try:
+        cfg = msgspec.convert(raw, Config, strict=True)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"invalid config: {_describe(e)}") from None
+    _check(cfg)
+    return cfg
+
+
+def _describe(e: msgspec.ValidationError) -> str:
+    # msgspec says e.g. "Object contains unknown field `x` - at `$.server`"; turn `$.a.b` into `a.b`.
+    return str(e).replace("`$.", "`").replace("at `$`", "at top level")
+
+
+def _check(cfg: Config) -> None:
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"invalid config: `{key}` {why}")
+
+    if cfg.server.workers < 1:
+        raise bad("server.workers", "must be at least 1")
+    if cfg.server.max_body_bytes < 256:
+        raise bad("server.max_body_bytes", "must be at least 256")
+    if not cfg.server.transaction_path.startswith("/"):
+        raise bad("server.transaction_path", "must start with /")
+    for key, value in (("server.bind", cfg.server.bind), ("metrics.bind", cfg.metrics.bind)):
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise bad(key, f"must be HOST:PORT, got {value!r}")
+    if cfg.server.require_client_cert and not cfg.server.client_ca:
+        raise bad("server.require_client_cert", "needs server.client_ca")
+    if cfg.oauth.token_lifetime < 60:
+        raise bad("oauth.token_lifetime", "must be at least 60 seconds")
+    if not 0 <= cfg.oauth.leeway <= 60:
+        raise bad("oauth.leeway", "must be between 0 and 60 seconds")
+    if cfg.store.map_size_mb < 1 or cfg.store.max_map_size_mb < cfg.store.map_size_mb:
+        raise bad("store.map_size_mb", "must be >= 1 and <= store.max_map_size_mb")
+    if cfg.store.group_commit_max < 1:
+        raise bad("store.group_commit_max", "must be at least 1")
+    if cfg.acquirer.timeout <= 0 or cfg.acquirer.connect_timeout <= 0:
+        raise bad("acquirer.timeout", "timeouts must be positive")
+    if cfg.acquirer.connections < 1 or cfg.acquirer.max_in_flight < 1:
+        raise bad("acquirer.connections", "connections and max_in_flight must be at least 1")
