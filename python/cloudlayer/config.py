@@ -174,11 +174,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
             raise ConfigError(f"config file not found: {p}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{p}: not valid TOML: {e}") from None
-        base_dir = (
-            str(p.resolve().parent.parent)
-            if p.resolve().parent.name == "configs"
-            else str(p.resolve().parent)
-        )
+        base_dir = str(p.resolve().parent.parent) if p.resolve().parent.name == "configs" else str(p.resolve().parent)
     _apply_env(raw, dict(os.environ) if environ is None else environ)
     raw.setdefault("base_dir", base_dir)
     try:
