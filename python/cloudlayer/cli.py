@@ -31,6 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", parents=[common], help="run the transaction host (Hypercorn, trio worker)")
     p.add_argument("--bind", help="HOST:PORT to listen on (overrides server.bind)")
     p.set_defaults(func=_cmd_serve)
+
+    # Each package owns its operator commands.
+    from .acquirer import commands as acquirer_commands
+    from .oauth import commands as oauth_commands
+    from .store import commands as store_commands
+
+    oauth_commands.register(sub, common)
+    acquirer_commands.register(sub, common)
+    store_commands.register(sub, common)
     return parser
 
 

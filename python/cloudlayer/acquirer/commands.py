@@ -1,0 +1,9 @@
+"""`cloudlayer` subcommands owned by the acquirer package (filled in by its issue)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    """Add this package's subcommands. Each sets `func(args) -> int` and takes `parents=[common]`."""
