@@ -121,7 +121,7 @@ class Config(_Section):
     acquirer: AcquirerConfig = msgspec.field(default_factory=AcquirerConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
-    # Directory the config file lives in; relative paths in the file resolve against var_dir.
+    # Where a relative server.var_dir is anchored: the working directory at load time (not a file key).
     base_dir: str = "."
 
     def var_path(self, relative: str) -> Path:
@@ -165,7 +165,6 @@ def _parse_env_value(value: str) -> Any:
 def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Config:
     """Load and validate a config. Raises ConfigError with one operator-readable line."""
     raw: dict[str, Any] = {}
-    base_dir = "."
     if path is not None:
         p = Path(path)
         try:
@@ -174,9 +173,13 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
             raise ConfigError(f"config file not found: {p}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{p}: not valid TOML: {e}") from None
-        base_dir = str(p.resolve().parent.parent) if p.resolve().parent.name == "configs" else str(p.resolve().parent)
+    # A relative var_dir is taken from the directory the command runs in, fixed now so that worker
+    # processes agree whatever their own working directory.
+    base_dir = os.getcwd()
     _apply_env(raw, dict(os.environ) if environ is None else environ)
-    raw.setdefault("base_dir", base_dir)
+    if "base_dir" in raw:
+        raise ConfigError("invalid config: `base_dir` is not a configuration key")
+    raw["base_dir"] = base_dir
     try:
         cfg = msgspec.convert(raw, Config, strict=True)
     except msgspec.ValidationError as e:
