@@ -90,6 +90,18 @@ class StoreFull(Exception):
     """The store cannot grow any further (map at store.max_map_size_mb): an operator must act."""
 
 
+class InvalidRecord(ValueError):
+    """claim/complete/add_events refused bad input. The message names the field, never its value."""
+
+
+class NotOwner(Exception):
+    """complete() on a record that is not PENDING under our owner id (missing, completed, or taken over)."""
+
+
+class OwnerDied(Exception):
+    """wait_completed(): the PENDING record's owner died while we waited; claim again (-> ORPHANED)."""
+
+
 class TransactionStore(Protocol):
     owner_id: str  # this worker's identity, written into the PENDING records it claims
 
