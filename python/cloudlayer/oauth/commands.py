@@ -1,9 +1,170 @@
-"""`cloudlayer` subcommands owned by the oauth package (filled in by its issue)."""
+"""`cloudlayer client ...` and `cloudlayer keys ...`: the operator's OAuth commands.
+
+A new secret is printed once (by `client add` and `client rotate-secret`) and never stored in clear.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import time
+
+import msgspec
+
+from ..config import load_config
+from .clients import AUTH_METHODS, Client, RegistryError
+from .keys import JWS_ALGORITHMS, KeyFileError, read_key_file, rotate_keys
+from .service import open_registry
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     """Add this package's subcommands. Each sets `func(args) -> int` and takes `parents=[common]`."""
+    client = sub.add_parser("client", parents=[common], help="manage OAuth clients (Mypinpad and others)")
+    csub = client.add_subparsers(dest="client_command", required=True)
+
+    p = csub.add_parser("add", parents=[common], help="register a client; prints its id and secret once")
+    p.add_argument("name")
+    p.add_argument("--scope", action="append", help="allowed scope (repeatable; default oauth.default_scope)")
+    p.add_argument(
+        "--auth-method", action="append", choices=AUTH_METHODS, help="allowed client authentication (default: both)"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_client_add)
+
+    p = csub.add_parser("list", parents=[common], help="list clients (never secrets)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_client_list)
+
+    p = csub.add_parser("disable", parents=[common], help="disable a client; its tokens stop working at once")
+    p.add_argument("client_id")
+    p.set_defaults(func=_client_disable)
+
+    p = csub.add_parser("rotate-secret", parents=[common], help="issue a new secret; the old one stops working")
+    p.add_argument("client_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_client_rotate)
+
+    keys = sub.add_parser("keys", parents=[common], help="manage token signing keys")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    p = ksub.add_parser("rotate", parents=[common], help="new active signing key; old keys verify until expiry")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_keys_rotate)
+    p = ksub.add_parser("list", parents=[common], help="list signing keys (public facts only)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_keys_list)
+
+
+def _fail(message: str) -> int:
+    print(f"cloudlayer: {message}", file=sys.stderr)
+    return 1
+
+
+def _print_secret(client: Client, secret: str, as_json: bool, verb: str) -> None:
+    if as_json:
+        print(json.dumps({"client_id": client.client_id, "client_secret": secret, "scopes": list(client.scopes)}))
+    else:
+        print(f"{verb} client {client.name!r}")
+        print(f"  client_id:     {client.client_id}")
+        print(f"  client_secret: {secret}")
+        print(f"  scopes:        {' '.join(client.scopes)}")
+        print("The secret is shown only now: store it in the client's configuration.")
+
+
+def _client_add(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    registry = open_registry(cfg)
+    try:
+        scopes = args.scope or cfg.oauth.default_scope.split()
+        client, secret = registry.add(args.name, scopes, args.auth_method or AUTH_METHODS)
+    except RegistryError as e:
+        return _fail(str(e))
+    finally:
+        registry.close()
+    _print_secret(client, secret, args.json, "added")
+    return 0
+
+
+def _client_list(args: argparse.Namespace) -> int:
+    registry = open_registry(load_config(args.config))
+    try:
+        clients = registry.list()
+    finally:
+        registry.close()
+    if args.json:
+        print(msgspec.json.encode(clients).decode())
+        return 0
+    for c in clients:
+        state = "enabled " if c.enabled else "DISABLED"
+        print(f"{c.client_id}  {state}  {c.name}  scopes={' '.join(c.scopes)}  auth={','.join(c.auth_methods)}")
+    return 0
+
+
+def _client_disable(args: argparse.Namespace) -> int:
+    registry = open_registry(load_config(args.config))
+    try:
+        client = registry.disable(args.client_id)
+    except RegistryError as e:
+        return _fail(str(e))
+    finally:
+        registry.close()
+    print(f"disabled {client.client_id} ({client.name}); its tokens are refused from now on")
+    return 0
+
+
+def _client_rotate(args: argparse.Namespace) -> int:
+    registry = open_registry(load_config(args.config))
+    try:
+        client, secret = registry.rotate_secret(args.client_id)
+    except RegistryError as e:
+        return _fail(str(e))
+    finally:
+        registry.close()
+    _print_secret(client, secret, args.json, "new secret for")
+    return 0
+
+
+def _keys_rotate(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    try:
+        new = rotate_keys(
+            cfg.var_path(cfg.oauth.keys_file),
+            JWS_ALGORITHMS[cfg.oauth.algorithm],
+            cfg.oauth.token_lifetime,
+            cfg.oauth.leeway,
+        )
+    except KeyFileError as e:
+        return _fail(str(e))
+    if args.json:
+        print(json.dumps({"active_kid": new.kid, "alg": new.alg}))
+    else:
+        print(f"new active signing key {new.kid} ({new.alg}); running workers pick it up within a second")
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    try:
+        active, records = read_key_file(cfg.var_path(cfg.oauth.keys_file))
+    except KeyFileError as e:
+        return _fail(str(e))
+    now = time.time()
+    rows = [
+        {
+            "kid": r.kid,
+            "alg": r.alg,
+            "active": r.kid == active,
+            "created_at": r.meta.created_at,
+            "retired_at": r.meta.retired_at,
+            "verify_until": r.meta.verify_until,
+            "expired": r.meta.verify_until is not None and r.meta.verify_until <= now,
+        }
+        for r in records
+    ]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    for row in rows:
+        state = "ACTIVE" if row["active"] else "expired" if row["expired"] else "verify-only"
+        print(f"{row['kid']}  {row['alg']}  {state}")
+    return 0

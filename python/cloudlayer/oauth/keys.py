@@ -1,0 +1,220 @@
+"""Signing keys: a JWK Set file (0600) holding the active key and older keys kept for verification.
+
+File layout (a JWK Set with extra top-level members, which RFC 7517 §5 allows):
+    {"keys": [<private JWK with kid, alg, use>...], "active_kid": "...",
+     "key_meta": {"<kid>": {"created_at": t, "retired_at": t|null, "verify_until": t|null}}}
+`keys rotate` retires the active key (it keeps verifying until every token it signed has expired:
+retired_at + token_lifetime + leeway) and adds a new active one; expired retired keys are pruned then.
+Writers (first start, the CLI) take an flock and replace the file atomically; readers (workers) notice a
+new file by its stat at most once a second, so a rotation needs no restart.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+from joserfc.errors import SecurityWarning
+from joserfc.jwk import ECKey, Key, KeySet, OKPKey
+
+log = structlog.get_logger(__name__)
+
+# JWS "alg" names we sign with. Config says "EdDSA"; joserfc 1.8 deprecates that name (RFC 9864) with a
+# SecurityWarning, so we use the fully specified "Ed25519" instead.
+JWS_ALGORITHMS: dict[str, str] = {"ES256": "ES256", "EdDSA": "Ed25519"}
+SUPPORTED_JWS_ALGS = frozenset(JWS_ALGORITHMS.values())
+_CHECK_INTERVAL = 1.0  # seconds between stat() calls on the key file
+
+
+class KeyMeta(msgspec.Struct, kw_only=True):
+    created_at: float
+    retired_at: float | None = None
+    verify_until: float | None = None
+
+
+class KeyFileError(Exception):
+    """The key file is missing, unreadable or malformed (operator-facing)."""
+
+
+class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
+    kid: str
+    alg: str
+    key: Any  # joserfc Key (private)
+    meta: KeyMeta
+
+
+def generate_key(jws_alg: str) -> Key:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SecurityWarning)
+        key: Key
+        if jws_alg == "ES256":
+            key = ECKey.generate_key("P-256", private=True)
+        elif jws_alg == "Ed25519":
+            key = OKPKey.generate_key("Ed25519", private=True)
+        else:
+            raise KeyFileError(f"unsupported signing algorithm {jws_alg!r}")
+    return key
+
+
+# -- the file ------------------------------------------------------------------------------------------
+def read_key_file(path: Path) -> tuple[str, list[KeyRecord]]:
+    try:
+        raw = json.loads(path.read_bytes())
+        active = raw["active_kid"]
+        metas = raw["key_meta"]
+        records = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", SecurityWarning)
+            for jwk in raw["keys"]:
+                kid, alg = jwk["kid"], jwk["alg"]
+                if alg not in SUPPORTED_JWS_ALGS:
+                    raise KeyFileError(f"{path}: key {kid} has unsupported alg {alg!r}")
+                key = KeySet.registry_cls.import_key(jwk)
+                if not key.is_private:
+                    raise KeyFileError(f"{path}: key {kid} has no private part")
+                records.append(KeyRecord(kid=kid, alg=alg, key=key, meta=msgspec.convert(metas[kid], KeyMeta)))
+    except FileNotFoundError:
+        raise KeyFileError(f"key file not found: {path}") from None
+    except KeyFileError:
+        raise
+    except Exception as e:  # malformed JSON/JWK: one clear line, never key material
+        raise KeyFileError(f"{path}: malformed key file ({type(e).__name__})") from None
+    if active not in {r.kid for r in records}:
+        raise KeyFileError(f"{path}: active_kid is not in the key set")
+    return active, records
+
+
+def _write_key_file(path: Path, active: str, records: list[KeyRecord]) -> None:
+    doc = {
+        "keys": [r.key.as_dict(private=True, kid=r.kid, alg=r.alg, use="sig") for r in records],
+        "active_kid": active,
+        "key_meta": {r.kid: msgspec.to_builtins(r.meta) for r in records},
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, json.dumps(doc, indent=1).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)  # atomic: readers see the old set or the new one, never half
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _new_record(jws_alg: str, now: float) -> KeyRecord:
+    key = generate_key(jws_alg)
+    return KeyRecord(kid=key.thumbprint(), alg=jws_alg, key=key, meta=KeyMeta(created_at=now))
+
+
+def ensure_key_file(path: Path, jws_alg: str) -> None:
+    """Create the key file with one active key unless it exists (safe when several workers start at once)."""
+    with _locked(path):
+        if path.exists():
+            return
+        rec = _new_record(jws_alg, time.time())
+        _write_key_file(path, rec.kid, [rec])
+        log.info("oauth_key_created", kid=rec.kid, alg=jws_alg)
+
+
+def rotate_keys(path: Path, jws_alg: str, token_lifetime: float, leeway: float) -> KeyRecord:
+    """Add a new active key; the previous one verifies until its last token has expired."""
+    with _locked(path):
+        now = time.time()
+        if path.exists():
+            active, records = read_key_file(path)
+        else:
+            active, records = "", []
+        kept = []
+        for r in records:
+            if r.kid == active:
+                r.meta.retired_at = now
+                r.meta.verify_until = now + token_lifetime + leeway
+            if r.meta.verify_until is None or r.meta.verify_until > now:
+                kept.append(r)
+        new = _new_record(jws_alg, now)
+        _write_key_file(path, new.kid, [*kept, new])
+    return new
+
+
+# -- the in-memory view a worker uses ------------------------------------------------------------------
+class KeyRing:
+    """The keys one process signs and verifies with, reloaded when the file changes."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stat: tuple[int, int, int] | None = None
+        self._next_check = 0.0
+        self._next_forced = 0.0
+        self.active: KeyRecord
+        self.verify_keys: dict[str, KeyRecord] = {}
+        self.jwks_json: bytes = b""
+        self._load()
+
+    def _file_stat(self) -> tuple[int, int, int]:
+        st = os.stat(self._path)
+        return (st.st_mtime_ns, st.st_ino, st.st_size)
+
+    def _load(self) -> None:
+        stat = self._file_stat()
+        active, records = read_key_file(self._path)
+        now = time.time()
+        self.verify_keys = {
+            r.kid: r for r in records if r.kid == active or r.meta.verify_until is None or r.meta.verify_until > now
+        }
+        self.active = self.verify_keys[active]
+        public = [r.key.as_dict(private=False, kid=r.kid, alg=r.alg, use="sig") for r in self.verify_keys.values()]
+        self.jwks_json = json.dumps({"keys": public}, separators=(",", ":")).encode()
+        self._stat = stat
+
+    def maybe_reload(self) -> None:
+        """Pick up a rotated key file; stats it at most once a second."""
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + _CHECK_INTERVAL
+        self._reload_if_changed()
+
+    def reload_for_unknown_kid(self) -> bool:
+        """An unknown kid may mean a rotation we have not seen yet: reload at most once a second."""
+        now = time.monotonic()
+        if now < self._next_forced:
+            return False
+        self._next_forced = now + _CHECK_INTERVAL
+        self._next_check = now + _CHECK_INTERVAL
+        return self._reload_if_changed()
+
+    def _reload_if_changed(self) -> bool:
+        try:
+            if self._file_stat() == self._stat:
+                return False
+            self._load()
+        except (OSError, KeyFileError) as e:
+            # Keep serving with the keys we have; a broken rotation must not take the host down.
+            log.error("oauth_key_reload_failed", error=str(e))
+            return False
+        log.info("oauth_keys_reloaded", active_kid=self.active.kid, kids=len(self.verify_keys))
+        return True

@@ -1,0 +1,112 @@
+"""OAuthService: everything the app needs from OAuth, loaded once per worker process."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import warnings
+from pathlib import Path
+
+import structlog
+from joserfc.errors import SecurityWarning
+
+from ..config import Config
+from ..sealing import load_or_create_secret
+from .client_secrets import SecretHasher
+from .clients import ClientRegistry
+from .keys import JWS_ALGORITHMS, KeyRing, ensure_key_file
+from .ratelimit import FailureLimiter
+from .token_endpoint import TokenEndpoint
+from .tokens import BearerError, Principal, TokenIssuer, TokenVerifier
+
+__all__ = ["BearerError", "OAuthService", "Principal"]
+
+log = structlog.get_logger(__name__)
+
+DEV_CLIENT_FILE = "oauth/dev_client.json"
+
+
+def open_registry(cfg: Config) -> ClientRegistry:
+    pepper = load_or_create_secret(cfg.var_path(cfg.oauth.pepper_file), 32)
+    return ClientRegistry(cfg.var_path(cfg.oauth.clients_file), SecretHasher(pepper))
+
+
+class OAuthService:
+    def __init__(self, cfg: Config, clients: ClientRegistry, keyring: KeyRing) -> None:
+        o = cfg.oauth
+        self.cfg = cfg
+        self.clients = clients
+        self.keyring = keyring
+        self.issuer = TokenIssuer(keyring, o.issuer, o.audience, o.token_lifetime)
+        self.verifier = TokenVerifier(keyring, clients, o.issuer, o.audience, o.leeway, o.token_cache_size)
+        self.limiter = FailureLimiter(o.failure_window, o.slowdown_after, o.lockout_after)
+        self.token_endpoint = TokenEndpoint(clients, self.issuer, self.limiter)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> OAuthService:
+        # joserfc reports insecure choices as SecurityWarning; here they are errors.
+        warnings.filterwarnings("error", category=SecurityWarning)
+        keys_path = cfg.var_path(cfg.oauth.keys_file)
+        ensure_key_file(keys_path, JWS_ALGORITHMS[cfg.oauth.algorithm])
+        return cls(cfg, open_registry(cfg), KeyRing(keys_path))
+
+    def verify_bearer(self, authorization: str | None, required_scope: str) -> Principal:
+        """The principal of a valid bearer token holding `required_scope`; else BearerError (RFC 6750 §3)."""
+        if authorization is None:
+            raise BearerError(401, None, "bearer token required")
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            raise BearerError(401, None, "bearer token required")
+        token = token.strip(" ")
+        if not token or " " in token or "\t" in token:
+            raise BearerError(400, "invalid_request", "malformed Authorization header")
+        principal = self.verifier.verify(token)
+        if required_scope not in principal.scopes:
+            raise BearerError(403, "insufficient_scope", "the access token lacks the required scope", required_scope)
+        return principal
+
+    def ensure_dev_client(self) -> tuple[str, str] | None:
+        """Dev only: the dev client's id and secret, created on first start and kept in a 0600 file."""
+        if not self.cfg.oauth.dev_client:
+            return None
+        if not self.cfg.server.dev_mode:
+            log.warning("oauth_dev_client_refused", reason="oauth.dev_client needs server.dev_mode")
+            return None
+        path = self.cfg.var_path(DEV_CLIENT_FILE)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock_fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)  # several workers may start at once: one creates
+            existing = _read_dev_client(path)
+            if existing is not None and self.clients.authenticate(*existing) is not None:
+                return existing
+            scopes = self.cfg.oauth.default_scope.split()
+            client, secret = self.clients.add("dev", scopes)
+            _write_private_json(path, {"client_id": client.client_id, "client_secret": secret})
+            log.info("oauth_dev_client_created", client_id=client.client_id)
+            return client.client_id, secret
+        finally:
+            os.close(lock_fd)
+
+    def close(self) -> None:
+        self.clients.close()
+
+
+def _read_dev_client(path: Path) -> tuple[str, str] | None:
+    try:
+        doc = json.loads(path.read_text())
+        return str(doc["client_id"]), str(doc["client_secret"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_private_json(path: Path, doc: dict[str, str]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, json.dumps(doc).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)

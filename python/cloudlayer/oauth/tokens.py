@@ -1,0 +1,232 @@
+"""RFC 9068 JWT access tokens: issuing, and verifying with a bounded cache of verified tokens.
+
+joserfc traps handled here (checked against joserfc 1.8 source):
+- `jws.deserialize_compact` checks the signature only: claims go through a JWTClaimsRegistry with every
+  claim we rely on essential (a token without `exp` would otherwise pass);
+- it never looks at `typ`: we require `at+jwt` (RFC 9068 §4);
+- an empty algorithm list means joserfc's defaults (HS256 included): our registry has a fixed list of
+  asymmetric algorithms, refuses any algorithm that carries a SecurityWarning, and the header's `alg` must
+  equal the algorithm of the key its `kid` names, so an HMAC token "signed" with our public key fails;
+- embedded key headers (`jwk`, `jku`, `x5u`, `x5c`, ...) and `crit`/`b64` are refused outright.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import OrderedDict
+from typing import Any
+
+import msgspec
+import structlog
+from joserfc import jws
+from joserfc.errors import JoseError, UnsupportedAlgorithmError
+from joserfc.jwk import Key
+from joserfc.jwt import JWTClaimsRegistry
+from joserfc.registry import HeaderParameter
+
+from .clients import ClientRegistry
+from .keys import SUPPORTED_JWS_ALGS, KeyRing
+
+log = structlog.get_logger(__name__)
+
+MAX_TOKEN_LENGTH = 4096
+AT_JWT_TYPES = frozenset({"at+jwt", "application/at+jwt"})
+
+
+class Principal(msgspec.Struct, frozen=True):
+    """Who a verified bearer token speaks for."""
+
+    client_id: str
+    scopes: frozenset[str]
+    token_id: str
+    expires_at: float
+
+
+class BearerError(Exception):
+    """A bearer token was missing or refused (RFC 6750 §3). `www_authenticate` is the full header value."""
+
+    def __init__(self, status: int, error: str | None, description: str, scope: str | None = None) -> None:
+        super().__init__(description)
+        self.status = status
+        self.error = error
+        self.description = description
+        params = ['realm="cloudlayer"']
+        if error is not None:
+            params.append(f'error="{error}"')
+            params.append(f'error_description="{description}"')
+        if scope is not None:
+            params.append(f'scope="{scope}"')
+        self.www_authenticate = "Bearer " + ", ".join(params)
+
+
+def invalid_token(description: str = "the access token is invalid") -> BearerError:
+    return BearerError(401, "invalid_token", description)
+
+
+class _PinnedJWSRegistry(jws.JWSRegistry):
+    """Only our asymmetric algorithms; never one joserfc flags with a SecurityWarning (e.g. "EdDSA")."""
+
+    def get_alg(self, name: str) -> Any:
+        alg = self.algorithms.get(name)
+        if alg is None or name not in SUPPORTED_JWS_ALGS or alg.security_warning:
+            raise UnsupportedAlgorithmError(f"Algorithm of '{name}' is not allowed")
+        return super().get_alg(name)
+
+
+_REFUSED = HeaderParameter("refused: keys come only from our own key set", "none")
+_HEADER_REGISTRY = {name: _REFUSED for name in ("jku", "jwk", "x5u", "x5c", "x5t", "x5t#S256", "crit", "b64", "cty")}
+
+
+def _pinned_registry() -> _PinnedJWSRegistry:
+    registry = _PinnedJWSRegistry(
+        header_registry=_HEADER_REGISTRY, algorithms=sorted(SUPPORTED_JWS_ALGS), strict_check_header=True
+    )
+    registry.max_header_length = 256
+    registry.max_payload_length = 2048
+    registry.max_signature_length = 128
+    return registry
+
+
+class TokenIssuer:
+    def __init__(self, keyring: KeyRing, issuer: str, audience: str, lifetime: int) -> None:
+        self._keyring = keyring
+        self._issuer = issuer
+        self._audience = audience
+        self.lifetime = lifetime
+        self._registry = _pinned_registry()
+        self._encode = msgspec.json.Encoder().encode
+
+    def issue(self, client_id: str, scopes: tuple[str, ...]) -> str:
+        self._keyring.maybe_reload()
+        active = self._keyring.active
+        now = int(time.time())
+        claims = {
+            "iss": self._issuer,
+            "sub": client_id,
+            "aud": self._audience,
+            "exp": now + self.lifetime,
+            "iat": now,
+            "jti": secrets.token_urlsafe(16),
+            "client_id": client_id,
+            "scope": " ".join(scopes),
+        }
+        header = {"alg": active.alg, "kid": active.kid, "typ": "at+jwt"}
+        return jws.serialize_compact(header, self._encode(claims), active.key, registry=self._registry)
+
+
+class _Cached(msgspec.Struct, frozen=True):
+    principal: Principal
+    valid_until: float  # exp + leeway
+    kid: str
+
+
+class TokenVerifier:
+    """Verifies access tokens; a verified token is cached (by its exact string) until it expires."""
+
+    def __init__(
+        self,
+        keyring: KeyRing,
+        clients: ClientRegistry,
+        issuer: str,
+        audience: str,
+        leeway: int,
+        cache_size: int,
+    ) -> None:
+        self._keyring = keyring
+        self._clients = clients
+        self._leeway = leeway
+        self._registry = _pinned_registry()
+        self._claims = JWTClaimsRegistry(
+            leeway=leeway,
+            iss={"essential": True, "value": issuer},
+            aud={"essential": True, "value": audience},
+            sub={"essential": True},
+            client_id={"essential": True},
+            exp={"essential": True},
+            iat={"essential": True},
+            jti={"essential": True},
+        )
+        self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        self._cache_size = cache_size
+        self._decode_claims = msgspec.json.Decoder(dict[str, Any]).decode
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def verify(self, token: str, use_cache: bool = True) -> Principal:
+        """The token's principal, or BearerError(401, invalid_token). Client enablement is checked every time."""
+        self._keyring.maybe_reload()
+        now = time.time()
+        entry = self._cache.get(token) if use_cache else None
+        if entry is not None:
+            if now >= entry.valid_until:
+                del self._cache[token]
+                raise invalid_token("the access token expired")
+            if entry.kid not in self._keyring.verify_keys:  # its key was withdrawn from the key set
+                del self._cache[token]
+                raise invalid_token()
+            self._cache.move_to_end(token)
+            self.cache_hits += 1
+        else:
+            self.cache_misses += 1
+            entry = self._verify_fully(token)
+            if use_cache:
+                self._cache[token] = entry
+                if len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        principal = entry.principal
+        # One LMDB read transaction (microseconds): a disablement by any process counts from the next request.
+        if not self._clients.is_enabled(principal.client_id):
+            self._cache.pop(token, None)
+            log.info("bearer_rejected", reason="client_disabled", client_id=principal.client_id)
+            raise invalid_token()
+        return principal
+
+    def _verify_fully(self, token: str) -> _Cached:
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise invalid_token()
+        try:
+            obj = jws.extract_compact(token.encode("ascii"), registry=self._registry)
+            header = obj.headers()
+            self._registry.check_header(header)
+            typ = header.get("typ")
+            if not isinstance(typ, str) or typ.lower() not in AT_JWT_TYPES:
+                raise _Reject("typ is not at+jwt")
+            record = self._key_for(header.get("kid"))
+            if header["alg"] != record.alg:
+                raise _Reject("alg does not match the key")
+            key: Key = record.key
+            if not jws.validate_compact(obj, key, registry=self._registry):
+                raise _Reject("bad signature")
+            claims = self._decode_claims(obj.payload)
+            self._claims.validate(claims)
+            client_id, scope = claims["client_id"], claims.get("scope", "")
+            if not isinstance(client_id, str) or claims["sub"] != client_id or not isinstance(scope, str):
+                raise _Reject("client_id/sub/scope malformed")
+        except _Reject as e:
+            log.info("bearer_rejected", reason=str(e))
+            raise invalid_token() from None
+        except (JoseError, ValueError, msgspec.DecodeError, UnicodeError) as e:
+            expired = type(e).__name__ == "ExpiredTokenError"
+            log.info("bearer_rejected", reason=type(e).__name__)
+            raise invalid_token("the access token expired" if expired else "the access token is invalid") from None
+        exp = float(claims["exp"])
+        principal = Principal(client_id, frozenset(scope.split()), str(claims["jti"]), exp)
+        return _Cached(principal, exp + self._leeway, record.kid)
+
+    def _key_for(self, kid: object) -> Any:
+        if not isinstance(kid, str):
+            raise _Reject("no kid")
+        record = self._keyring.verify_keys.get(kid)
+        if record is None and self._keyring.reload_for_unknown_kid():
+            record = self._keyring.verify_keys.get(kid)
+        if record is None:
+            raise _Reject("unknown kid")
+        return record
+
+
+class _Reject(Exception):
+    """An internal reason to refuse a token (logged, never shown to the caller)."""
