@@ -1,0 +1,110 @@
+"""Frames and messages: the length prefix on the TCP stream, and pyiso8583 encode/decode with our spec."""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+import iso8583
+import trio
+
+from .spec import MAX_FRAME, SPEC
+
+LengthPrefix = Literal["2B", "4A", "2A"]
+Message = dict[str, str]
+
+
+class FrameError(Exception):
+    """The peer sent something that is not a frame or not a message of our dialect."""
+
+    def __init__(self, reason: str, frame: bytes = b"") -> None:
+        # Only the length and a 4-byte prefix ever leave this object: the frame may hold card data.
+        super().__init__(f"{reason} (frame length {len(frame)}, prefix {masked_prefix(frame)})")
+        self.frame_length = len(frame)
+
+
+def masked_prefix(frame: bytes) -> str:
+    """Hex of the first 4 bytes (the MTI position) and nothing else: safe to log."""
+    return frame[:4].hex() + ("…" if len(frame) > 4 else "")
+
+
+class Framing:
+    """Length prefix codec: 2B = 2-byte big-endian binary, 4A / 2A = ASCII decimal digits."""
+
+    def __init__(self, prefix: LengthPrefix) -> None:
+        self.width: Final = int(prefix[0])
+        self.ascii: Final = prefix[1] == "A"
+        self.max_len: Final = min(MAX_FRAME, 10**self.width - 1 if self.ascii else 256**self.width - 1)
+
+    def wrap(self, payload: bytes) -> bytes:
+        n = len(payload)
+        if n > self.max_len:
+            raise ValueError(f"message of {n} bytes exceeds the {self.max_len}-byte frame limit")
+        head = str(n).zfill(self.width).encode() if self.ascii else n.to_bytes(self.width, "big")
+        return head + payload
+
+    def _length(self, head: bytes) -> int:
+        if self.ascii:
+            if not head.isdigit():
+                raise FrameError("length prefix is not ASCII digits", head)
+            n = int(head)
+        else:
+            n = int.from_bytes(head, "big")
+        if n == 0 or n > self.max_len:
+            raise FrameError(f"length prefix {n} out of range", head)
+        return n
+
+
+class FrameReader:
+    """Reads whole frames from a trio stream (bytes may arrive split or coalesced)."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream, framing: Framing) -> None:
+        self._stream = stream
+        self._framing = framing
+        self._buf = bytearray()
+
+    async def _fill(self, n: int) -> bool:
+        while len(self._buf) < n:
+            chunk = await self._stream.receive_some(65536)
+            if not chunk:
+                return False
+            self._buf += chunk
+        return True
+
+    async def next_frame(self) -> bytes | None:
+        """The next payload, or None at a clean end of stream. Raises FrameError on a bad prefix."""
+        width = self._framing.width
+        if not await self._fill(width):
+            if self._buf:
+                raise FrameError("stream ended inside a length prefix", bytes(self._buf))
+            return None
+        n = self._framing._length(bytes(self._buf[:width]))
+        if not await self._fill(width + n):
+            raise FrameError("stream ended inside a frame", bytes(self._buf[width:]))
+        payload = bytes(self._buf[width : width + n])
+        del self._buf[: width + n]
+        return payload
+
+
+def encode(message: Message) -> bytes:
+    """Encode a message dict (field number -> value; binary fields as hex). Raises ValueError naming the field."""
+    try:
+        raw, _ = iso8583.encode(dict(message), SPEC)
+    except iso8583.EncodeError as e:
+        # e.msg names the problem and e.field the field; never the value (it may be a PAN).
+        raise ValueError(f"cannot encode ISO 8583 message: {e.msg}: field {e.field}") from None
+    return bytes(raw)
+
+
+def decode(payload: bytes) -> Message:
+    """Decode one payload. Raises FrameError (carrying only length + masked prefix) if it is not our dialect."""
+    try:
+        doc, _ = iso8583.decode(payload, SPEC)
+    except iso8583.DecodeError as e:
+        raise FrameError(f"undecodable message: {e.msg}: field {e.field}", payload) from None
+    except (KeyError, ValueError, TypeError):
+        # A bitmap naming a field our dialect does not define (pyiso8583 raises KeyError there).
+        raise FrameError("message uses fields outside our dialect", payload) from None
+    mti = doc.get("t", "")
+    if not (mti.isdigit() and len(mti) == 4):
+        raise FrameError("message type is not 4 digits", payload)
+    return {k: v for k, v in doc.items() if k not in ("p", "1", "h")}

@@ -1,0 +1,422 @@
+"""The ISO 8583 connector: persistent multiplexed TCP links to the acquirer, QMUX-style.
+
+Requests on a link are matched to answers by key (message class + field 11 + field 41), not by order. Every
+exchange runs under the acquirer timeout; when the outcome of a sent message is unknown (timeout, link lost,
+garbage from the peer) a durable reversal is queued in the store-and-forward queue before the caller hears
+OutcomeUnknown. One nursery (`run`) owns the links (connect, sign-on, reader, echo, reconnect with backoff)
+and the SAF retry loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import ssl
+import time
+from pathlib import Path
+
+import structlog
+import trio
+
+from ..config import AcquirerConfig
+from ..sealing import Sealer
+from . import spec
+from .backoff import backoff_delay
+from .codec import FrameError, FrameReader, Framing, Message, decode, encode
+from .messages import build_request, network_request, parse_response, request_mti, reversal_for
+from .saf import SafItem, SafQueue, owner_id
+from .types import AcquirerRequest, AcquirerResponse, AcquirerUnavailable, MessageKind, OutcomeUnknown
+
+log = structlog.get_logger(__name__)
+
+Key = tuple[str, str, str]
+
+
+class _NotSent(Exception):
+    """Nothing left this process: safe to treat as a decline."""
+
+
+class _Unknown(Exception):
+    """The message may have reached the acquirer; no answer came."""
+
+
+class _SendState:
+    __slots__ = ("sent",)
+
+    def __init__(self) -> None:
+        self.sent = False
+
+
+class _Pending:
+    __slots__ = ("error", "event", "link", "response")
+
+    def __init__(self, link: _Link) -> None:
+        self.link = link
+        self.event = trio.Event()
+        self.response: Message | None = None
+        self.error: str | None = None
+
+
+class _Link:
+    """One TCP connection and what is in flight on it."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.stream: trio.abc.Stream | None = None
+        self.up = False  # connected and signed on
+        self.send_lock = trio.Lock()
+        self.pending: set[Key] = set()
+        self.last_activity = 0.0
+        self.scope: trio.CancelScope | None = None  # cancelling it drops the connection
+
+    def drop(self, reason: str) -> None:
+        if self.scope is not None and not self.scope.cancel_called:
+            log.warning("acquirer_link_dropped", link=self.index, reason=reason)
+            self.scope.cancel()
+
+
+class Iso8583Connector:
+    """`Connector` over ISO 8583:1987 / TCP. Start `run` in a nursery; `aclose` (or cancelling it) stops it."""
+
+    def __init__(
+        self,
+        config: AcquirerConfig,
+        saf_path: Path,
+        sealer: Sealer,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+    ) -> None:
+        self._cfg = config
+        self._host = host or config.host
+        self._port = port if port is not None else config.port
+        self._framing = Framing(config.length_prefix)
+        self._saf = SafQueue(saf_path, sealer)
+        self._owner = owner_id()
+        self._links = [_Link(i) for i in range(config.connections)]
+        self._pending: dict[Key, _Pending] = {}
+        self._slots = trio.Semaphore(config.max_in_flight)
+        self._round_robin = itertools.count()
+        self._network_stan = itertools.count(random.randrange(1, 999_999))
+        self._ready_event = trio.Event()
+        self._saf_wakeup = trio.Event()
+        self._scope: trio.CancelScope | None = None
+        self._stopped = trio.Event()
+        # Counters the host exports as metrics.
+        self.late_answers = 0
+        self.garbage_frames = 0
+        self.reversals_queued = 0
+        self.reversals_acknowledged = 0
+
+    # --- the Connector protocol -------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return any(link.up for link in self._links)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    async def wait_ready(self) -> None:
+        while not self.ready:
+            await self._ready_event.wait()
+
+    async def send(self, request: AcquirerRequest) -> AcquirerResponse:
+        msg = self._build(request, request_mti(request, self._cfg.purchase_mti))
+        state = _SendState()
+        try:
+            reply = await self._exchange(msg, state)
+        except _NotSent as e:
+            raise AcquirerUnavailable(str(e)) from None
+        except _Unknown as e:
+            with trio.CancelScope(shield=True):
+                await self.queue_reversal(request, str(e))
+            raise OutcomeUnknown(f"{e}; reversal queued") from None
+        except trio.Cancelled:
+            if state.sent:  # cancelled from outside after sending: still never leave it unreversed
+                with trio.CancelScope(shield=True):
+                    await self.queue_reversal(request, "cancelled after send")
+            raise
+        return parse_response(reply)
+
+    async def inquire(self, request: AcquirerRequest) -> AcquirerResponse | None:
+        mti = spec.REPEAT_OF[request_mti(request, self._cfg.purchase_mti)]
+        msg = self._build(request, mti)
+        try:
+            reply = await self._exchange(msg, _SendState())
+        except _NotSent as e:
+            raise AcquirerUnavailable(str(e)) from None
+        except _Unknown as e:
+            raise OutcomeUnknown(str(e)) from None
+        if reply.get("39") == spec.UNABLE_TO_LOCATE:
+            return None
+        return parse_response(reply)
+
+    async def queue_reversal(self, request: AcquirerRequest, reason: str) -> None:
+        reversal = reversal_for(request, self._cfg.purchase_mti, self._cfg.acquirer_institution_id)
+        added = await trio.to_thread.run_sync(self._saf.add, reversal, reason)
+        if added:
+            self.reversals_queued += 1
+            log.warning("reversal_queued", stan=request.stan, terminal=request.terminal_id, reason=reason)
+        self._saf_wakeup.set()
+
+    # --- lifecycle --------------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with trio.CancelScope() as self._scope:
+                async with trio.open_nursery() as nursery:
+                    for link in self._links:
+                        nursery.start_soon(self._link_loop, link)
+                    nursery.start_soon(self._saf_loop)
+                    task_status.started()
+        finally:
+            for pending in self._pending.values():
+                pending.error = "connector stopped"
+                pending.event.set()
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._saf.close)
+            self._stopped.set()
+
+    async def aclose(self) -> None:
+        if self._scope is None:
+            await trio.to_thread.run_sync(self._saf.close)
+            return
+        self._scope.cancel()
+        await self._stopped.wait()
+
+    # --- exchanges --------------------------------------------------------------------------------------
+
+    def _build(self, request: AcquirerRequest, mti: str) -> Message:
+        try:
+            return build_request(request, mti, self._cfg.acquirer_institution_id)
+        except ValueError as e:
+            raise AcquirerUnavailable(f"request not sent: {e}") from None
+
+    def _pick_link(self) -> _Link | None:
+        up = [link for link in self._links if link.up]
+        if not up:
+            return None
+        return up[next(self._round_robin) % len(up)]
+
+    async def _exchange(self, msg: Message, state: _SendState, link: _Link | None = None) -> Message:
+        """Send `msg` and wait for its answer, within the acquirer timeout. Raises _NotSent or _Unknown."""
+        key = spec.match_key(msg["t"], msg["11"], msg.get("41", ""))
+        try:
+            frame = self._framing.wrap(encode(msg))
+        except ValueError as e:
+            raise _NotSent(str(e)) from None
+        pending: _Pending | None = None
+        with trio.move_on_after(self._cfg.timeout):
+            async with self._slots:  # back-pressure: wait for a slot, within the deadline
+                chosen = link or self._pick_link()
+                if chosen is None or chosen.stream is None:
+                    raise _NotSent("no connection to the acquirer")
+                if key in self._pending:
+                    raise _NotSent("a request with the same key is already in flight")
+                pending = _Pending(chosen)
+                self._pending[key] = pending
+                chosen.pending.add(key)
+                try:
+                    await self._write(chosen, frame, state)
+                    await pending.event.wait()
+                finally:
+                    if self._pending.get(key) is pending:
+                        del self._pending[key]
+                    chosen.pending.discard(key)
+                if pending.response is None:
+                    raise _Unknown(pending.error or "link lost")
+                return pending.response
+        if state.sent:
+            raise _Unknown("no answer within the acquirer timeout")
+        raise _NotSent("no in-flight slot or link before the deadline")
+
+    async def _write(self, link: _Link, frame: bytes, state: _SendState) -> None:
+        async with link.send_lock:
+            stream = link.stream
+            if stream is None:
+                raise _NotSent("connection closed")
+            state.sent = True
+            # A send_all cut short leaves half a frame on the wire, so it is not cancellable from
+            # outside; if it cannot finish within the timeout, the connection is dropped.
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(self._cfg.timeout) as scope:
+                    try:
+                        await stream.send_all(frame)
+                    except trio.ClosedResourceError:
+                        state.sent = False
+                        raise _NotSent("connection closed") from None
+                    except (trio.BrokenResourceError, OSError) as e:
+                        link.drop(f"send failed: {type(e).__name__}")
+                        raise _Unknown("link lost while sending") from None
+            if scope.cancelled_caught:
+                link.drop("send stalled")
+                raise _Unknown("link stalled while sending")
+            link.last_activity = trio.current_time()
+
+    # --- links ------------------------------------------------------------------------------------------
+
+    async def _connect(self) -> trio.abc.Stream:
+        with trio.fail_after(self._cfg.connect_timeout):
+            tcp = await trio.open_tcp_stream(self._host, self._port)
+            if not self._cfg.tls:
+                return tcp
+            context = ssl.create_default_context(cafile=self._cfg.tls_ca or None)
+            tls = trio.SSLStream(tcp, context, server_hostname=self._host)
+            await tls.do_handshake()
+            return tls
+
+    async def _link_loop(self, link: _Link) -> None:
+        attempt = 0
+        while True:
+            try:
+                stream = await self._connect()
+            except (OSError, trio.TooSlowError, trio.BrokenResourceError, ssl.SSLError) as e:
+                log.warning("acquirer_connect_failed", link=link.index, error=type(e).__name__, attempt=attempt)
+                await trio.sleep(backoff_delay(attempt, self._cfg.reconnect_min, self._cfg.reconnect_max))
+                attempt += 1
+                continue
+            signed_on = False
+            try:
+                link.stream = stream
+                link.last_activity = trio.current_time()
+                async with trio.open_nursery() as nursery:
+                    link.scope = nursery.cancel_scope
+                    nursery.start_soon(self._reader, link)
+                    signed_on = await self._sign_on(link)
+                    if signed_on:
+                        link.up = True
+                        self._ready_event.set()
+                        self._saf_wakeup.set()
+                        attempt = 0
+                        log.info("acquirer_link_up", link=link.index, host=self._host, port=self._port)
+                        nursery.start_soon(self._echo_loop, link)
+                    else:
+                        nursery.cancel_scope.cancel()
+            finally:
+                link.up = False
+                link.stream = None
+                link.scope = None
+                if not self.ready:
+                    self._ready_event = trio.Event()
+                for key in list(link.pending):
+                    pending = self._pending.get(key)
+                    if pending is not None and pending.link is link:
+                        pending.error = "link lost"
+                        pending.event.set()
+                await trio.aclose_forcefully(stream)
+            log.warning("acquirer_link_down", link=link.index)
+            await trio.sleep(backoff_delay(attempt, self._cfg.reconnect_min, self._cfg.reconnect_max))
+            attempt += 1
+
+    async def _sign_on(self, link: _Link) -> bool:
+        msg = network_request(spec.SIGN_ON, self._next_network_stan(), self._cfg.acquirer_institution_id)
+        try:
+            reply = await self._exchange(msg, _SendState(), link=link)
+        except (_NotSent, _Unknown) as e:
+            log.warning("acquirer_sign_on_failed", link=link.index, error=str(e))
+            return False
+        if reply.get("39") != spec.APPROVED:
+            log.warning("acquirer_sign_on_refused", link=link.index, response_code=reply.get("39"))
+            return False
+        return True
+
+    async def _echo_loop(self, link: _Link) -> None:
+        interval = self._cfg.echo_interval
+        while True:
+            idle_for = trio.current_time() - link.last_activity
+            if idle_for < interval:
+                await trio.sleep(interval - idle_for)
+                continue
+            msg = network_request(spec.ECHO, self._next_network_stan(), self._cfg.acquirer_institution_id)
+            try:
+                await self._exchange(msg, _SendState(), link=link)
+            except (_NotSent, _Unknown) as e:
+                link.drop(f"echo failed: {e}")
+                return
+            link.last_activity = trio.current_time()
+
+    def _next_network_stan(self) -> str:
+        return f"{next(self._network_stan) % 999_999 + 1:06d}"
+
+    async def _reader(self, link: _Link) -> None:
+        assert link.stream is not None
+        reader = FrameReader(link.stream, self._framing)
+        try:
+            while True:
+                payload = await reader.next_frame()
+                if payload is None:
+                    link.drop("acquirer closed the connection")
+                    return
+                link.last_activity = trio.current_time()
+                await self._on_message(link, decode(payload))
+        except FrameError as e:
+            self.garbage_frames += 1
+            log.error("acquirer_garbage_frame", link=link.index, frame_length=e.frame_length, error=str(e))
+            link.drop("garbage frame")
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+            link.drop(f"receive failed: {type(e).__name__}")
+
+    async def _on_message(self, link: _Link, msg: Message) -> None:
+        mti = msg["t"]
+        if not spec.is_response(mti):
+            if mti == "0800":  # the acquirer's own echo / sign-on: acknowledge it
+                answer = {k: v for k, v in msg.items() if k in ("7", "11", "32", "70")}
+                answer.update(t="0810", **{"39": spec.APPROVED})
+                await self._write(link, self._framing.wrap(encode(answer)), _SendState())
+            else:
+                log.warning("acquirer_unexpected_request", link=link.index, mti=mti)
+            return
+        key = spec.match_key(mti, msg.get("11", ""), msg.get("41", ""))
+        pending = self._pending.pop(key, None)
+        if pending is None:
+            self.late_answers += 1
+            log.warning("acquirer_late_answer", link=link.index, mti=mti, stan=key[1], terminal=key[2])
+            return
+        pending.response = msg
+        pending.event.set()
+
+    # --- store and forward ------------------------------------------------------------------------------
+
+    async def _saf_loop(self) -> None:
+        lease = self._cfg.timeout * 2 + 5.0
+        while True:
+            self._saf_wakeup = trio.Event()
+            if self.ready:
+                items = await trio.to_thread.run_sync(self._saf.claim_due, self._owner, lease)
+                if items:
+                    async with trio.open_nursery() as nursery:
+                        for item in items:
+                            nursery.start_soon(self._deliver_reversal, item)
+                    continue
+            next_due = await trio.to_thread.run_sync(self._saf.next_due)
+            wait = self._cfg.saf_retry_max if next_due is None else next_due - time.time()
+            with trio.move_on_after(min(max(wait, 0.01), self._cfg.saf_retry_max)):
+                await self._saf_wakeup.wait()
+
+    async def _deliver_reversal(self, item: SafItem) -> None:
+        # The first send is an 0400; once one may have gone out, every later one is the repeat 0401.
+        mti = "0401" if item.attempts > 0 else "0400"
+        await trio.to_thread.run_sync(self._saf.record_attempt, item.key, self._owner)
+        try:
+            msg = build_request(item.request, mti, self._cfg.acquirer_institution_id)
+            reply = await self._exchange(msg, _SendState())
+        except (_NotSent, _Unknown, ValueError) as e:
+            retry_in = backoff_delay(item.attempts, self._cfg.saf_retry_min, self._cfg.saf_retry_max)
+            await trio.to_thread.run_sync(self._saf.release, item.key, self._owner, retry_in, str(e))
+            log.info("reversal_retry_scheduled", stan=item.request.stan, retry_in=round(retry_in, 2), error=str(e))
+            return
+        # Any 0410 acknowledges: 00 reversed, 25 the acquirer never saw the original (nothing to undo).
+        await trio.to_thread.run_sync(self._saf.delete, item.key)
+        self.reversals_acknowledged += 1
+        log.info(
+            "reversal_acknowledged",
+            stan=item.request.stan,
+            terminal=item.request.terminal_id,
+            response_code=reply.get("39"),
+            attempts=item.attempts + 1,
+        )
+
+
+__all__ = ["Iso8583Connector", "MessageKind"]

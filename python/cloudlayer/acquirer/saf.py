@@ -1,0 +1,202 @@
+"""The store-and-forward queue of reversals: durable (LMDB, fsync on commit), sealed, shareable by processes.
+
+One entry per reversed transaction, keyed by terminal + STAN + original MTI + original field 7, so queuing
+the same reversal twice is a no-op. The reversal request (it holds the PAN) is stored only sealed
+(AES-GCM, the key as associated data). Several worker processes may open the same file: a worker *leases*
+due entries in a write transaction (LMDB serialises writers across processes), so each entry is in flight
+from one worker at a time; a crashed worker's lease simply expires.
+
+All methods block (disk, fsync): call them through trio.to_thread.run_sync.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import msgspec
+
+from ..sealing import Sealer, SealError
+from .types import AcquirerRequest, MessageKind
+
+_MAP_SIZE = 64 * 1024 * 1024
+
+
+class SafEntry(msgspec.Struct, kw_only=True):
+    sealed: bytes  # Sealer.seal(msgpack(AcquirerRequest)), associated data = the entry key
+    reason: str
+    created: float
+    attempts: int = 0
+    next_attempt: float = 0.0  # wall clock (shared between processes)
+    lease_owner: str = ""
+    lease_until: float = 0.0
+    # Non-secret summary for operators (`cloudlayer saf list`).
+    terminal_id: str = ""
+    stan: str = ""
+    rrn: str = ""
+    amount: int = 0
+    original_mti: str = ""
+    last_error: str = ""
+
+
+class SafItem(msgspec.Struct, frozen=True):
+    key: bytes
+    request: AcquirerRequest
+    attempts: int
+
+
+_encoder = msgspec.msgpack.Encoder()
+_entry_decoder = msgspec.msgpack.Decoder(SafEntry)
+_request_decoder = msgspec.msgpack.Decoder(AcquirerRequest)
+
+# LMDB forbids opening one environment twice in a process: share it between SafQueue objects.
+_envs: dict[str, tuple[Any, int]] = {}
+_envs_lock = threading.Lock()
+
+
+def _open_env(path: Path) -> Any:
+    real = str(path.resolve())
+    with _envs_lock:
+        env, refs = _envs.get(real, (None, 0))
+        if env is None:
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            env = lmdb.open(real, map_size=_MAP_SIZE, subdir=True, sync=True, max_dbs=0)
+        _envs[real] = (env, refs + 1)
+        return env
+
+
+def _close_env(path: Path) -> None:
+    real = str(path.resolve())
+    with _envs_lock:
+        env, refs = _envs[real]
+        if refs <= 1:
+            del _envs[real]
+            env.close()
+        else:
+            _envs[real] = (env, refs - 1)
+
+
+def entry_key(request: AcquirerRequest) -> bytes:
+    o = request.original
+    assert o is not None, "SAF entries are reversals with original data"
+    return f"{request.terminal_id}:{request.stan}:{o.mti}:{o.transmission_datetime}".encode()
+
+
+class SafQueue:
+    def __init__(self, path: Path, sealer: Sealer) -> None:
+        self.path = path
+        self._sealer = sealer
+        self._env = _open_env(path)
+        self._closed = False
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            _close_env(self.path)
+
+    def add(self, request: AcquirerRequest, reason: str) -> bool:
+        """Durably queue a reversal. False if it was already queued (idempotent)."""
+        if request.kind is not MessageKind.REVERSAL or request.original is None:
+            raise ValueError("only reversals with original data go into the SAF queue")
+        key = entry_key(request)
+        entry = SafEntry(
+            sealed=self._sealer.seal(_encoder.encode(request), key),
+            reason=reason,
+            created=time.time(),
+            terminal_id=request.terminal_id,
+            stan=request.stan,
+            rrn=request.rrn,
+            amount=request.amount,
+            original_mti=request.original.mti,
+        )
+        with self._env.begin(write=True) as txn:
+            return bool(txn.put(key, _encoder.encode(entry), overwrite=False))
+
+    def claim_due(self, owner: str, lease_seconds: float, limit: int = 32) -> list[SafItem]:
+        """Lease up to `limit` due, unleased entries to `owner`; they come back with their requests opened."""
+        now = time.time()
+        items: list[SafItem] = []
+        with self._env.begin(write=True) as txn:
+            for key, raw in list(txn.cursor()):  # snapshot: we write while walking
+                if len(items) >= limit:
+                    break
+                entry = _entry_decoder.decode(raw)
+                if entry.next_attempt > now or (entry.lease_owner and entry.lease_until > now):
+                    continue
+                try:
+                    request = _request_decoder.decode(self._sealer.open(entry.sealed, bytes(key)))
+                except (SealError, msgspec.DecodeError):
+                    # Wrong key or damage: leave it for an operator (`saf list`), never drop a reversal silently.
+                    entry.last_error = "cannot open sealed entry"
+                    entry.next_attempt = now + 3600
+                    txn.put(key, _encoder.encode(entry))
+                    continue
+                entry.lease_owner = owner
+                entry.lease_until = now + lease_seconds
+                txn.put(key, _encoder.encode(entry))
+                items.append(SafItem(bytes(key), request, entry.attempts))
+        return items
+
+    def release(self, key: bytes, owner: str, retry_in: float, error: str) -> None:
+        """Give a leased entry back after a failed attempt, due again in `retry_in` seconds."""
+        with self._env.begin(write=True) as txn:
+            raw = txn.get(key)
+            if raw is None:
+                return
+            entry = _entry_decoder.decode(raw)
+            if entry.lease_owner != owner:
+                return  # our lease expired and someone else has it now
+            entry.next_attempt = time.time() + retry_in
+            entry.lease_owner = ""
+            entry.lease_until = 0.0
+            entry.last_error = error
+            txn.put(key, _encoder.encode(entry))
+
+    def delete(self, key: bytes) -> None:
+        """The acquirer acknowledged the reversal (0410): erase the entry and its sealed card data."""
+        with self._env.begin(write=True) as txn:
+            txn.delete(key)
+
+    def record_attempt(self, key: bytes, owner: str) -> None:
+        """Count a send before making it, so the next one is a repeat (0401) even if this process dies."""
+        with self._env.begin(write=True) as txn:
+            raw = txn.get(key)
+            if raw is None:
+                return
+            entry = _entry_decoder.decode(raw)
+            if entry.lease_owner == owner:
+                entry.attempts += 1
+                txn.put(key, _encoder.encode(entry))
+
+    def entries(self) -> list[tuple[bytes, SafEntry]]:
+        with self._env.begin() as txn:
+            return [(bytes(k), _entry_decoder.decode(v)) for k, v in txn.cursor()]
+
+    def next_due(self) -> float | None:
+        """Wall-clock time the earliest entry becomes due (None if empty)."""
+        due = [max(e.next_attempt, e.lease_until if e.lease_owner else 0.0) for _, e in self.entries()]
+        return min(due) if due else None
+
+    def make_all_due(self) -> int:
+        """Operator `saf retry`: every unleased entry is due now."""
+        n = 0
+        with self._env.begin(write=True) as txn:
+            for key, raw in list(txn.cursor()):
+                entry = _entry_decoder.decode(raw)
+                if entry.next_attempt > 0:
+                    entry.next_attempt = 0.0
+                    txn.put(key, _encoder.encode(entry))
+                    n += 1
+        return n
+
+    def __len__(self) -> int:
+        with self._env.begin() as txn:
+            return int(txn.stat()["entries"])
+
+
+def owner_id() -> str:
+    return f"{os.getpid()}-{os.urandom(4).hex()}"
