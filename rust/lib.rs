@@ -1,8 +1,28 @@
-//! CloudLayer's native module: the byte work on the transaction hot path.
+//! CloudLayer's native module: the byte work on the transaction hot path (EMV BER-TLV decode,
+//! encode, redaction, card data, response EMV data, and the request fingerprint).
+//!
+//! `tlv`, `card` and `fingerprint` are plain Rust (unit-tested and fuzzed without Python);
+//! `py_emv` only converts between them and Python objects.
+// No panic reachable from Python input: outside tests, no indexing, unwrap, expect or panic.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
+
+pub mod card;
+pub mod fingerprint;
+mod py_emv;
+pub mod tlv;
+
 use pyo3::prelude::*;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    Ok(())
+    py_emv::register(m)
 }
