@@ -1,9 +1,91 @@
-"""`cloudlayer` subcommands owned by the acquirer package (filled in by its issue)."""
+"""`cloudlayer simulator` and `cloudlayer saf list|retry`: the acquirer package's operator commands."""
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+
+
+def _cmd_simulator(args: argparse.Namespace) -> int:
+    import trio
+
+    from .simulator import Simulator
+    from .simulator_config import load_simulator_config
+
+    try:
+        config = load_simulator_config(args.simulator_config or args.config)
+    except (OSError, ValueError) as e:
+        print(f"cloudlayer simulator: {e}")
+        return 2
+    host, _, port = args.bind.rpartition(":")
+    if not host or not port.isdigit():
+        print(f"cloudlayer simulator: --bind must be HOST:PORT, got {args.bind!r}")
+        return 2
+    simulator = Simulator(config)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(simulator.serve, host, int(port))
+            print(f"simulator listening on {host}:{simulator.port}, admin http://{host}:{simulator.admin_port}/ledger")
+
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+# Where the host keeps its data key for sealing (the lead's app must use the same path).
+SEALING_KEY_FILE = "sealing.key"
+
+
+def _cmd_saf(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from ..sealing import Sealer
+    from .saf import SafQueue
+
+    cfg = load_config(args.config)
+    queue = SafQueue(cfg.var_path(cfg.acquirer.saf_path), Sealer.from_file(cfg.var_path(SEALING_KEY_FILE)))
+    try:
+        if args.saf_command == "retry":
+            n = queue.make_all_due()
+            print(f"{n} reversal(s) made due now; a running host retries them on its next pass")
+            return 0
+        rows = [
+            {
+                "terminal_id": e.terminal_id,
+                "stan": e.stan,
+                "rrn": e.rrn,
+                "amount": e.amount,
+                "original_mti": e.original_mti,
+                "reason": e.reason,
+                "attempts": e.attempts,
+                "queued": datetime.datetime.fromtimestamp(e.created, datetime.UTC).isoformat(timespec="seconds"),
+                "next_attempt": datetime.datetime.fromtimestamp(e.next_attempt, datetime.UTC).isoformat(
+                    timespec="seconds"
+                ),
+                "last_error": e.last_error,
+            }
+            for _, e in queue.entries()
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+    finally:
+        queue.close()
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     """Add this package's subcommands. Each sets `func(args) -> int` and takes `parents=[common]`."""
+    p = sub.add_parser("simulator", parents=[common], help="run the ISO 8583 acquirer simulator")
+    p.add_argument("--bind", default="127.0.0.1:9583", help="HOST:PORT for ISO 8583 (default 127.0.0.1:9583)")
+    p.add_argument(
+        "--simulator-config",
+        default=None,
+        help="simulator rules TOML (default: the --config file itself if given, else built-in defaults)",
+    )
+    p.set_defaults(func=_cmd_simulator)
+
+    s = sub.add_parser("saf", parents=[common], help="inspect or retry the store-and-forward reversal queue")
+    s.add_argument("saf_command", choices=["list", "retry"])
+    s.set_defaults(func=_cmd_saf)
