@@ -1,30 +1,281 @@
-"""Runs Hypercorn (trio worker) for our app, configured from our Config."""
+"""`cloudlayer serve`: Hypercorn trio workers for our app, configured from our Config, under a trio supervisor.
+
+The parent process binds the listening sockets, serves /metrics (summing every worker's metrics files) and
+supervises `server.workers` spawned worker processes; each worker imports `cloudlayer.asgi:app`, which builds
+the app from the config file named by CLOUDLAYER_CONFIG.
+
+Shutdown. Hypercorn's own `run` stops workers on the first SIGINT/SIGTERM but has no way to force a stuck
+shutdown, and workers die at once if a service manager sends SIGTERM to the whole process group. So we
+supervise ourselves: workers ignore SIGINT/SIGTERM and stop only when the parent sets the shared shutdown
+event; each then stops accepting, lets in-flight requests finish for up to `server.graceful_timeout`, and runs
+the app's shutdown (store flush, acquirer link close). A second signal, or a shutdown that outlives its
+deadline, kills the workers (SIGKILL) and `serve` returns 1.
+"""
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 import os
+import signal
+import ssl
+from collections.abc import AsyncIterator, Sequence
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event as EventType
 
+import structlog
+import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.run import run as hypercorn_run
+from hypercorn.config import Sockets
+from hypercorn.trio.run import trio_worker
+from hypercorn.utils import repr_socket_addr
 
-from .config import Config
+from .config import Config, ConfigError, LoggingConfig
+from .observability import metrics
+from .observability.logging import configure_logging
+from .tls import ensure_dev_certificate
+
+log = structlog.get_logger(__name__)
+
+APPLICATION_PATH = "cloudlayer.asgi:app"
+# Time the app's shutdown (after_serving: store flush, acquirer link close) gets after in-flight requests.
+LIFESPAN_SHUTDOWN_TIMEOUT = 10.0
+# A TLS handshake that takes longer than this is an attack or a broken client, not a slow network.
+SSL_HANDSHAKE_TIMEOUT = 10.0
+LISTEN_BACKLOG = 1024
+# TLS 1.2 suites: forward secrecy and AEAD only (TLS 1.3 suites are fixed by OpenSSL and all fine).
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+class CloudLayerHypercornConfig(HypercornConfig):
+    """Hypercorn's TLS context (TLS >= 1.2, no compression, ALPN) with the hardening its `options =` drops."""
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        context = super().create_ssl_context()
+        if context is not None:
+            context.options |= (
+                ssl.OP_NO_RENEGOTIATION
+                | ssl.OP_CIPHER_SERVER_PREFERENCE
+                | ssl.OP_SINGLE_ECDH_USE
+                | ssl.OP_NO_TLSv1
+                | ssl.OP_NO_TLSv1_1
+            )
+        return context
+
+
+def _state_path(cfg: Config, value: str) -> str:
+    return str(cfg.var_path(value))
 
 
 def hypercorn_config(cfg: Config, config_path: str | None) -> HypercornConfig:
-    hc = HypercornConfig()
-    hc.application_path = "cloudlayer.asgi:app"
+    """Translate our config into Hypercorn's. Raises ConfigError naming the key when TLS material is unusable."""
+    server = cfg.server
+    hc = CloudLayerHypercornConfig()
+    hc.application_path = APPLICATION_PATH
     hc.worker_class = "trio"
-    hc.bind = [cfg.server.bind]
-    hc.workers = cfg.server.workers
-    hc.keep_alive_timeout = cfg.server.keep_alive_timeout
-    hc.keep_alive_max_requests = cfg.server.keep_alive_max_requests
-    hc.read_timeout = int(cfg.server.read_timeout)
-    hc.graceful_timeout = cfg.server.graceful_timeout
-    hc.accesslog = None
+    hc.bind = [server.bind]
+    hc.workers = server.workers
+    hc.backlog = LISTEN_BACKLOG
+    hc.keep_alive_timeout = server.keep_alive_timeout
+    hc.keep_alive_max_requests = server.keep_alive_max_requests
+    hc.read_timeout = server.read_timeout
+    hc.graceful_timeout = server.graceful_timeout
+    hc.shutdown_timeout = LIFESPAN_SHUTDOWN_TIMEOUT
+    hc.ssl_handshake_timeout = SSL_HANDSHAKE_TIMEOUT
+    hc.include_server_header = False  # no version banner for scanners
+    hc.accesslog = None  # the app logs each request itself, with the fields that matter
+    # A Logger object (not "-"): Hypercorn then adds no handler, and records flow into our structlog chain.
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    # Request bodies are limited by the app (Quart MAX_CONTENT_LENGTH = server.max_body_bytes, 413 past it);
+    # Hypercorn's h11_max_incomplete_size (16 KiB) bounds the request line and headers.
+    hc.alpn_protocols = ["h2", "http/1.1"] if server.http2 else ["http/1.1"]
+    hc.ciphers = TLS12_CIPHERS
+    if server.tls:
+        if server.certfile or server.keyfile:
+            if not (server.certfile and server.keyfile):
+                raise ConfigError("invalid config: `server.certfile` and `server.keyfile` must be set together")
+            hc.certfile = _state_path(cfg, server.certfile)
+            hc.keyfile = _state_path(cfg, server.keyfile)
+        else:
+            certfile, keyfile = ensure_dev_certificate(cfg.var_path(""))
+            hc.certfile, hc.keyfile = str(certfile), str(keyfile)
+        if server.client_ca:
+            hc.ca_certs = _state_path(cfg, server.client_ca)
+            hc.verify_mode = ssl.CERT_REQUIRED if server.require_client_cert else ssl.CERT_OPTIONAL
+        _check_tls(hc)
+    elif server.client_ca:
+        raise ConfigError("invalid config: `server.client_ca` needs server.tls = true")
     if config_path:
         os.environ["CLOUDLAYER_CONFIG"] = os.path.abspath(config_path)
     return hc
 
 
-def serve(cfg: Config, config_path: str | None) -> int:
-    return int(hypercorn_run(hypercorn_config(cfg, config_path)) or 0)
+def _check_tls(hc: HypercornConfig) -> None:
+    # Build the context once here so a bad file stops the start with one line, not a traceback per worker.
+    try:
+        hc.create_ssl_context()
+    except FileNotFoundError as e:
+        raise ConfigError(f"invalid config: TLS file not found: {e.filename}") from None
+    except (ssl.SSLError, OSError) as e:
+        raise ConfigError(
+            f"invalid config: TLS material unusable (server.certfile/keyfile/client_ca): {e.strerror or e}"
+        ) from None
+
+
+def startup_banner(cfg: Config, listen: Sequence[str], metrics_urls: Sequence[str] = ()) -> str:
+    """Human lines printed on start: where we listen, TLS mode, workers, store, acquirer, metrics."""
+    server = cfg.server
+    lines = [f"CloudLayer listening on {', '.join(listen)}"]
+    if server.tls:
+        tls = "dev self-signed certificate" if not server.certfile else f"certificate {server.certfile}"
+        if server.client_ca:
+            tls += ", client certificates " + ("required" if server.require_client_cert else "optional")
+        tls += ", HTTP/2 and HTTP/1.1" if server.http2 else ", HTTP/1.1"
+        lines.append(f"  TLS       {tls}")
+    lines.append(f"  workers   {server.workers}")
+    lines.append(f"  store     {cfg.store.backend} at {cfg.var_path(cfg.store.path)}")
+    acquirer = cfg.acquirer
+    if acquirer.mode == "simulator":
+        lines.append("  acquirer  built-in simulator (in-process)")
+    else:
+        lines.append(f"  acquirer  {acquirer.host}:{acquirer.port}" + (" (TLS)" if acquirer.tls else ""))
+    if metrics_urls:
+        lines.append(f"  metrics   {', '.join(url + '/metrics' for url in metrics_urls)}")
+    return "\n".join(lines)
+
+
+def serve(cfg: Config, config_path: str | None, *, application_path: str = APPLICATION_PATH) -> int:
+    """Run until SIGINT/SIGTERM; return the process exit code (0 after a graceful stop)."""
+    configure_logging(cfg.logging)
+    hc = hypercorn_config(cfg, config_path)
+    hc.application_path = application_path
+    if cfg.metrics.enabled:
+        metrics.prepare_multiprocess_dir(cfg.var_path("metrics"))
+    try:
+        sockets = hc.create_sockets()
+    except OSError as e:
+        raise ConfigError(f"invalid config: `server.bind` cannot listen on {cfg.server.bind}: {e.strerror}") from None
+    for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+        sock.listen(hc.backlog)  # queue connections from now on, while workers start
+    try:
+        return trio.run(_supervise, cfg, hc, sockets)
+    finally:
+        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+            sock.close()
+
+
+def _listen_urls(sockets: Sockets) -> list[str]:
+    urls = [f"https://{repr_socket_addr(s.family, s.getsockname())}" for s in sockets.secure_sockets]
+    urls += [f"http://{repr_socket_addr(s.family, s.getsockname())}" for s in sockets.insecure_sockets]
+    return urls
+
+
+def _worker_main(
+    config: HypercornConfig, sockets: Sockets, shutdown_event: EventType, logging_cfg: LoggingConfig
+) -> None:
+    """Entry point of a spawned worker: the parent decides when to stop, so signals are ignored here."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    configure_logging(logging_cfg)
+    metrics.WORKERS.inc()
+    trio_worker(config, sockets, shutdown_event)
+
+
+class _Supervisor:
+    def __init__(self, cfg: Config, hc: HypercornConfig, sockets: Sockets) -> None:
+        self.cfg = cfg
+        self.hc = hc
+        self.sockets = sockets
+        self.ctx = multiprocessing.get_context("spawn")
+        self.shutdown_event = self.ctx.Event()
+        self.processes: list[BaseProcess] = []
+        self.stopping = False
+        self.forced = False
+        self.failed = False
+        self.stop_requested = trio.Event()
+
+    def spawn_workers(self) -> None:
+        # Ignored dispositions survive exec: a worker cannot be killed by a signal before it ignores it.
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for _ in range(self.hc.workers):
+                process = self.ctx.Process(
+                    target=_worker_main,
+                    kwargs={
+                        "config": self.hc,
+                        "sockets": self.sockets,
+                        "shutdown_event": self.shutdown_event,
+                        "logging_cfg": self.cfg.logging,
+                    },
+                    daemon=True,
+                )
+                process.start()
+                self.processes.append(process)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def begin_stop(self, reason: str) -> None:
+        if not self.stopping:
+            self.stopping = True
+            log.info("shutdown_started", reason=reason, graceful_timeout=self.cfg.server.graceful_timeout)
+            self.shutdown_event.set()
+            self.stop_requested.set()
+
+    def force(self, reason: str) -> None:
+        self.forced = True
+        log.warning("shutdown_forced", reason=reason)
+        for process in self.processes:
+            if process.exitcode is None:
+                process.kill()
+
+    async def watch(self, process: BaseProcess) -> None:
+        await trio.lowlevel.wait_readable(process.sentinel)
+        process.join()
+        if process.pid is not None:
+            metrics.mark_worker_dead(process.pid)
+        if not self.stopping:
+            self.failed = True
+            log.error("worker_exited", pid=process.pid, exitcode=process.exitcode)
+            self.begin_stop("a worker exited")
+
+    async def handle_signals(self, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if self.stopping:
+                self.force(f"second signal {name}")
+            else:
+                self.begin_stop(name)
+                return
+
+    async def enforce_deadline(self) -> None:
+        await self.stop_requested.wait()
+        await trio.sleep(self.cfg.server.graceful_timeout + LIFESPAN_SHUTDOWN_TIMEOUT + 1.0)
+        self.force("shutdown deadline passed")
+
+
+async def _supervise(cfg: Config, hc: HypercornConfig, sockets: Sockets) -> int:
+    sup = _Supervisor(cfg, hc, sockets)
+    async with trio.open_nursery() as services:
+        metrics_urls: list[str] = []
+        if cfg.metrics.enabled:
+            metrics_urls = await services.start(metrics.serve_metrics, cfg.metrics.bind)
+        sup.spawn_workers()
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            print(startup_banner(cfg, _listen_urls(sockets), metrics_urls), flush=True)
+            log.info("serving", listen=_listen_urls(sockets), workers=len(sup.processes), pid=os.getpid())
+            async with trio.open_nursery() as watchers:
+                watchers.start_soon(sup.handle_signals, signals)
+                watchers.start_soon(sup.enforce_deadline)
+                async with trio.open_nursery() as workers:
+                    for process in sup.processes:
+                        workers.start_soon(sup.watch, process)
+                # Every worker has exited: the signal and deadline watchers have nothing left to do.
+                watchers.cancel_scope.cancel()
+        services.cancel_scope.cancel()
+    code = 1 if (sup.forced or sup.failed) else 0
+    log.info("stopped", exit_code=code)
+    return code
+
+
+__all__ = ["APPLICATION_PATH", "CloudLayerHypercornConfig", "hypercorn_config", "serve", "startup_banner"]

@@ -1,0 +1,1 @@
+"""Logs (structlog, card data masked), Prometheus metrics (multi-process) and health/readiness bodies."""

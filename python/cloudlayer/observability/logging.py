@@ -1,0 +1,213 @@
+"""Structured logs: structlog JSON lines (or a console view for dev), stdlib logging routed through the same chain.
+
+Every event passes `redact_card_data` last before rendering: PAN-like digit runs are masked 6+4 and keys that
+name secrets or card data are dropped. The code must never log such data in the first place; this is the net
+under it. Disabled levels cost nothing: structlog's filtering logger turns them into no-ops before any
+processor or formatting runs, and stdlib loggers check their level first.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import sys
+import uuid
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+import msgspec
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from ..config import LoggingConfig
+
+MASK = "*"
+
+# A run of 13+ digits; a PAN hides in it whole (13-19 digits) or inside a longer run (e.g. hex EMV data).
+_DIGIT_RUN = re.compile(r"\d{13,}")
+# Key words that mark a value as card data or a secret. Keys are split into words (snake, kebab, camel case)
+# so that "pan" drops `pan` and `masked_pan` but not `company`.
+_SENSITIVE_WORDS = frozenset(
+    {
+        "pan",
+        "track",
+        "track1",
+        "track2",
+        "pin",
+        "pinblock",
+        "cvv",
+        "cvc",
+        "cvv2",
+        "secret",
+        "token",
+        "password",
+        "passwd",
+        "authorization",
+        "cookie",
+        "pepper",
+        "privatekey",
+    }
+)
+_KEY_WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_MAX_DEPTH = 4
+
+
+def luhn_valid(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def mask_pan(pan: str) -> str:
+    """First 6 and last 4 digits kept, the rest masked (PCI DSS display rule)."""
+    return pan[:6] + MASK * (len(pan) - 10) + pan[-4:]
+
+
+def _mask_run(run: str) -> str:
+    if 13 <= len(run) <= 19 and luhn_valid(run):
+        return mask_pan(run)
+    # A longer run (or a failing one) may still contain a PAN glued to other digits: look at every window.
+    out: list[str] = []
+    i = 0
+    start = 0
+    while i + 13 <= len(run):
+        for length in range(min(19, len(run) - i), 12, -1):
+            window = run[i : i + length]
+            if luhn_valid(window):
+                out.append(run[start:i])
+                out.append(mask_pan(window))
+                i += length
+                start = i
+                break
+        else:
+            i += 1
+    out.append(run[start:])
+    return "".join(out)
+
+
+def mask_pans(text: str) -> str:
+    """Mask every Luhn-valid 13-19 digit sequence in text as 6+4."""
+    if len(text) < 13:
+        return text
+    return _DIGIT_RUN.sub(lambda m: _mask_run(m.group(0)), text)
+
+
+def is_sensitive_key(key: str) -> bool:
+    words = [w.lower() for w in _KEY_WORDS.findall(key)]
+    if "masked" in words:
+        return False  # e.g. masked_pan: already 6+4, and its value is still scanned like any other
+    if any(w in _SENSITIVE_WORDS for w in words):
+        return True
+    # Joined forms such as pin_block -> pinblock, private_key -> privatekey.
+    return any(a + b in _SENSITIVE_WORDS for a, b in itertools.pairwise(words))
+
+
+def _scrub(value: Any, depth: int) -> Any:
+    if isinstance(value, str):
+        return mask_pans(value)
+    if depth >= _MAX_DEPTH:
+        return value
+    if isinstance(value, Mapping):
+        return {k: _scrub(v, depth + 1) for k, v in value.items() if not (isinstance(k, str) and is_sensitive_key(k))}
+    if isinstance(value, list | tuple):
+        return [_scrub(v, depth + 1) for v in value]
+    return value
+
+
+def redact_card_data(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: drop secret/card-data keys, mask PANs in every string value (nested too)."""
+    for key in [k for k in event_dict if is_sensitive_key(k)]:
+        del event_dict[key]
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            if len(value) >= 13:
+                event_dict[key] = mask_pans(value)
+        elif isinstance(value, Mapping | list | tuple):
+            event_dict[key] = _scrub(value, 1)
+    return event_dict
+
+
+def _json_dumps(obj: Any, **_kw: Any) -> str:
+    return msgspec.json.encode(obj, enc_hook=str).decode()
+
+
+def configure_logging(cfg: LoggingConfig, *, stream: TextIO | None = None) -> None:
+    """Set up structlog and the stdlib root logger (Hypercorn's error log included) to write one chain."""
+    level = logging.getLevelNamesMapping()[cfg.level]
+    out = stream if stream is not None else sys.stderr
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        timestamper,
+    ]
+    renderer: Processor
+    if cfg.format == "json":
+        renderer = structlog.processors.JSONRenderer(serializer=_json_dumps)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
+    # Tracebacks become strings before redaction so that they are masked too.
+    tail: list[Processor] = [
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+        redact_card_data,
+        renderer,
+    ]
+
+    structlog.configure(
+        processors=[*shared, *tail],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        cache_logger_on_first_use=True,
+    )
+
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder()],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level)
+    # Hypercorn gives its error logger its own handler unless handed a Logger; ours propagates to root.
+    for name in ("hypercorn.error", "hypercorn.access"):
+        lib_logger = logging.getLogger(name)
+        lib_logger.handlers = []
+        lib_logger.propagate = True
+    logging.getLogger("hypercorn.access").disabled = True  # we log requests ourselves
+
+
+def valid_request_id(value: str | None) -> bool:
+    return value is not None and _REQUEST_ID.fullmatch(value) is not None
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def request_id_from(value: str | None) -> str:
+    """The caller's X-Request-Id when it is safe to echo and log (<= 64 of [A-Za-z0-9._-]), else a new one."""
+    return value if value is not None and valid_request_id(value) else new_request_id()
+
+
+def bind_request_id(header_value: str | None) -> str:
+    """Start a request's log context from its X-Request-Id header: clear what a previous request left, bind
+    request_id, return it (echo it in the response's X-Request-Id).
+
+    Call it first thing for each request (e.g. in a Quart `before_request`); each trio task has its own
+    contextvars, so concurrent requests do not see each other's ids.
+    """
+    request_id = request_id_from(header_value)
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    return request_id
