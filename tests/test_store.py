@@ -110,15 +110,14 @@ async def test_two_claims_in_one_batch(tmp_path: Path) -> None:
         outcomes.append((await store.claim(rec())).outcome)
 
     try:
-        async with trio.open_nursery() as nursery:
-            # Both ops are queued before the writer starts, so they share its first transaction.
-            nursery.start_soon(claim)
-            nursery.start_soon(claim)
-            await trio.testing.wait_all_tasks_blocked()
-            await nursery.start(store.run)
-            while len(outcomes) < 2:
-                await trio.sleep(0.001)
-            nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as writer:
+            async with trio.open_nursery() as claims:
+                # Both ops are queued before the writer starts, so they share its first transaction.
+                claims.start_soon(claim)
+                claims.start_soon(claim)
+                await trio.testing.wait_all_tasks_blocked()
+                await writer.start(store.run)
+            writer.cancel_scope.cancel()
     finally:
         store.close()
     # Wake-up order is the scheduler's; what matters is one NEW and one that saw it PENDING.
@@ -232,7 +231,7 @@ async def test_housekeeping_purges_on_start(tmp_path: Path) -> None:
     now[0] += 2 * 86_400
     async with open_store(tmp_path / "s", cfg, clock=lambda: now[0]) as store:
         with trio.fail_after(5):
-            while await store.get("c1", "t1") is not None:
+            while await store.get("c1", "t1") is not None:  # noqa: ASYNC110 - polling the store, no event to wait on
                 await trio.sleep(0.01)
 
 
