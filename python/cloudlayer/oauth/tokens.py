@@ -82,7 +82,7 @@ def _pinned_registry() -> _PinnedJWSRegistry:
     registry = _PinnedJWSRegistry(
         header_registry=_HEADER_REGISTRY, algorithms=sorted(SUPPORTED_JWS_ALGS), strict_check_header=True
     )
-    registry.max_header_length = 256
+    registry.max_header_length = 512
     registry.max_payload_length = 2048
     registry.max_signature_length = 128
     return registry
@@ -181,7 +181,7 @@ class TokenVerifier:
         # One LMDB read transaction (microseconds): a disablement by any process counts from the next request.
         if not self._clients.is_enabled(principal.client_id):
             self._cache.pop(token, None)
-            log.info("bearer_rejected", reason="client_disabled", client_id=principal.client_id)
+            log.info("bearer_rejected", reason="client_unknown_or_disabled", client_id=principal.client_id)
             raise invalid_token()
         return principal
 
