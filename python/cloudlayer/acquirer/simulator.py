@@ -90,10 +90,13 @@ class Simulator:
         answer = self.process(msg)  # ledger first: the acquirer "did it" even if the answer is lost
         await trio.sleep(self._latency())
         f = self.faults
-        if f.delay_seconds > 0 and (f.delay_next > 0 or not f.delay_next):
-            if f.delay_next > 0:
+        if f.delay_seconds > 0:
+            delay = f.delay_seconds
+            if f.delay_next > 0:  # only the next N answers: the delay switches itself off after them
                 f.delay_next -= 1
-            await trio.sleep(f.delay_seconds)
+                if f.delay_next == 0:
+                    f.delay_seconds = 0.0
+            await trio.sleep(delay)
         if answer is None:
             return
         if f.close_next > 0 or (f.close_rate and random.random() < f.close_rate):
