@@ -111,11 +111,16 @@ def hypercorn_config(cfg: Config, config_path: str | None) -> HypercornConfig:
 
 
 def _check_tls(hc: HypercornConfig) -> None:
-    # Build the context once here so a bad file stops the start with one line, not a traceback per worker.
+    # Check here, once, so that bad TLS material stops the start with one line, not a traceback per worker.
+    for key, path in (
+        ("server.certfile", hc.certfile),
+        ("server.keyfile", hc.keyfile),
+        ("server.client_ca", hc.ca_certs),
+    ):
+        if path is not None and not os.access(path, os.R_OK):
+            raise ConfigError(f"invalid config: `{key}` file not found or not readable: {path}")
     try:
         hc.create_ssl_context()
-    except FileNotFoundError as e:
-        raise ConfigError(f"invalid config: TLS file not found: {e.filename}") from None
     except (ssl.SSLError, OSError) as e:
         raise ConfigError(
             f"invalid config: TLS material unusable (server.certfile/keyfile/client_ca): {e.strerror or e}"

@@ -1,0 +1,172 @@
+"""Shared fixtures: trustme certificates, config files, and `cloudlayer serve` as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trustme
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+START_TIMEOUT = 30.0
+
+
+# --- TLS material ---------------------------------------------------------------------------------------
+
+
+class TLSFiles:
+    """A trustme CA with a server certificate for 127.0.0.1/localhost, written as PEM files."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.ca = trustme.CA()
+        self.ca_pem = directory / "ca.pem"
+        self.ca.cert_pem.write_to_path(str(self.ca_pem))
+        server = self.ca.issue_cert("127.0.0.1", "localhost")
+        self.server_cert = directory / "server-cert.pem"
+        self.server_key = directory / "server-key.pem"
+        server.cert_chain_pems[0].write_to_path(str(self.server_cert))
+        server.private_key_pem.write_to_path(str(self.server_key))
+
+    def client_cert(self, directory: Path, name: str = "mypinpad-test") -> tuple[str, str]:
+        """(certfile, keyfile) of a client certificate issued by this CA."""
+        issued = self.ca.issue_cert(f"{name}.example")
+        cert, key = directory / f"{name}-cert.pem", directory / f"{name}-key.pem"
+        issued.cert_chain_pems[0].write_to_path(str(cert))
+        issued.private_key_pem.write_to_path(str(key))
+        return str(cert), str(key)
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    return TLSFiles(tmp_path_factory.mktemp("tls"))
+
+
+# --- config files ---------------------------------------------------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    raise TypeError(f"unsupported TOML value {value!r}")
+
+
+def write_config(path: Path, sections: Mapping[str, Mapping[str, Any]]) -> Path:
+    """Write a TOML config; `var_dir` defaults to a `var` directory beside it, binds to ephemeral ports."""
+    merged: dict[str, dict[str, Any]] = {
+        "server": {"bind": "127.0.0.1:0", "var_dir": str(path.parent / "var")},
+        "metrics": {"bind": "127.0.0.1:0"},
+        "logging": {"format": "json"},
+    }
+    for name, values in sections.items():
+        merged.setdefault(name, {}).update(values)
+    lines: list[str] = []
+    for name, values in merged.items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+# --- the server as a subprocess -------------------------------------------------------------------------
+
+
+class ServerProcess:
+    """`cloudlayer serve` (or any command running cloudlayer.server.serve) in its own process."""
+
+    def __init__(self, argv: list[str], workdir: Path, env: Mapping[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.stdout_path = workdir / "serve.stdout"
+        self.stderr_path = workdir / "serve.stderr"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("CLOUDLAYER_", "PROMETHEUS_"))}
+        full_env.update(env or {})
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=err, cwd=workdir, env=full_env)
+        self.url = ""
+        self.metrics_url = ""
+
+    @classmethod
+    def cloudlayer_serve(cls, config: Path, env: Mapping[str, str] | None = None) -> ServerProcess:
+        return cls([str(VENV_BIN / "cloudlayer"), "serve", "--config", str(config)], config.parent, env)
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(encoding="utf-8", errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_for_banner(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            text = self.stdout
+            if "listening on" in text:
+                listening = re.search(r"listening on (https?://[\d.]+:\d+)", text)
+                assert listening, text
+                self.url = listening.group(1)
+                found = re.search(r"metrics\s+(http://[\d.]+:\d+)/metrics", text)
+                self.metrics_url = found.group(1) if found else ""
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited {self.proc.returncode}: {self.stderr[-2000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"no banner within {START_TIMEOUT}s: {self.stderr[-2000:]}")
+
+    def wait_until_serving(self, verify: ssl.SSLContext) -> None:
+        """Banner, then /healthz answered by a worker (workers start after the socket is bound)."""
+        self.wait_for_banner()
+        deadline = time.monotonic() + START_TIMEOUT
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                with httpx.Client(verify=verify, timeout=5.0) as client:
+                    if client.get(self.url + "/healthz").status_code == 200:
+                        return
+            except httpx.TransportError as e:
+                last = e
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited {self.proc.returncode}: {self.stderr[-2000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"not serving within {START_TIMEOUT}s: {last!r}")
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        """Teardown: a graceful stop, then a kill if it does not come."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def server_processes() -> Iterator[list[ServerProcess]]:
+    """Collects servers a test starts and stops whatever is still running at teardown."""
+    started: list[ServerProcess] = []
+    yield started
+    for server in started:
+        server.stop()
