@@ -27,7 +27,10 @@ def _cmd_simulator(args: argparse.Namespace) -> int:
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(simulator.serve, host, int(port))
-            print(f"simulator listening on {host}:{simulator.port}, admin http://{host}:{simulator.admin_port}/ledger")
+            print(
+                f"simulator listening on {host}:{simulator.port}, admin http://{host}:{simulator.admin_port}/ledger",
+                flush=True,
+            )
 
     try:
         trio.run(main)
