@@ -675,3 +675,13 @@ def test_pinned_registry_refuses_none_hmac_and_deprecated_algorithms() -> None:
         with pytest.raises(UnsupportedAlgorithmError):
             registry.get_alg(alg)
     assert registry.get_alg("ES256").name == "ES256"
+
+
+async def test_secret_pasted_as_client_id_is_not_logged(http: httpx.AsyncClient, mypinpad: tuple[str, str]) -> None:
+    client_id, secret = mypinpad
+    with structlog.testing.capture_logs() as logs:
+        r = await http.post(
+            "/oauth/token", data={"grant_type": "client_credentials", "client_id": secret, "client_secret": client_id}
+        )
+    assert_token_error(r, 401, "invalid_client")
+    assert logs and secret not in json.dumps(logs, default=str)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from urllib.parse import parse_qsl, unquote_plus
 
 import msgspec
@@ -26,6 +27,12 @@ GRANT_TYPE = "client_credentials"
 _REALM = 'Basic realm="cloudlayer", charset="UTF-8"'
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache", "Content-Type": "application/json"}
 _encode = msgspec.json.Encoder().encode
+_OUR_CLIENT_ID = re.compile(r"cl_[0-9a-f]{24}")
+
+
+def loggable_client_id(client_id: str) -> str:
+    """The id if it has our format; else a placeholder, so a secret pasted into client_id is never logged."""
+    return client_id if _OUR_CLIENT_ID.fullmatch(client_id) else f"<unrecognised, {len(client_id)} chars>"
 
 
 class TokenRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,7 +85,7 @@ class TokenEndpoint:
         keys = (f"client:{client_id}", f"addr:{req.remote_addr}")
         verdict = self._limiter.check(*keys)
         if verdict.retry_after:
-            log.info("oauth_token_throttled", client_id=client_id, remote_addr=req.remote_addr)
+            log.info("oauth_token_throttled", client_id=loggable_client_id(client_id), remote_addr=req.remote_addr)
             raise _Fail(
                 429,
                 "temporarily_unavailable",
@@ -92,7 +99,7 @@ class TokenEndpoint:
         if client is None or not client.enabled or method not in client.auth_methods:
             self._limiter.failed(*keys)
             reason = "bad_credentials" if client is None else "disabled" if not client.enabled else "method_not_allowed"
-            log.info("oauth_client_auth_failed", client_id=client_id, method=method, reason=reason)
+            log.info("oauth_client_auth_failed", client_id=loggable_client_id(client_id), method=method, reason=reason)
             raise _Fail(401, "invalid_client", "client authentication failed", basic_header)
         self._limiter.succeeded(keys[0])
 
