@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+
 from conftest import VENV_BIN, ServerProcess, TLSFiles, write_config
 
 

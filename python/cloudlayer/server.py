@@ -251,7 +251,6 @@ class _Supervisor:
                 self.force(f"second signal {name}")
             else:
                 self.begin_stop(name)
-                return
 
     async def enforce_deadline(self) -> None:
         await self.stop_requested.wait()
