@@ -7,8 +7,13 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.lowlevel
 
-from acquirer_helpers import (
+from cloudlayer.acquirer.ledger import Ledger
+from cloudlayer.acquirer.saf import SafQueue
+from cloudlayer.acquirer.simulator_config import LatencyConfig
+from cloudlayer.acquirer.types import AcquirerResponse, AcquirerUnavailable, OutcomeUnknown
+from test_acquirer_support import (
     PAN,
     SEALER,
     acquirer_config,
@@ -19,10 +24,6 @@ from acquirer_helpers import (
     sim_config,
     wait_until,
 )
-from cloudlayer.acquirer.ledger import Ledger
-from cloudlayer.acquirer.saf import SafQueue
-from cloudlayer.acquirer.simulator_config import LatencyConfig
-from cloudlayer.acquirer.types import AcquirerResponse, AcquirerUnavailable, OutcomeUnknown
 
 
 def saf_len(path: Path) -> int:
@@ -91,7 +92,7 @@ async def test_in_flight_bound_is_never_exceeded(tmp_path: Path) -> None:
                 nonlocal peak
                 while True:
                     peak = max(peak, connector.in_flight)
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(watch)

@@ -92,10 +92,10 @@ async def running_connector(
         await connector.aclose()
 
 
-async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
+async def wait_until(predicate: Any, within: float = 5.0) -> None:
     """Poll a condition (behaviour, not timing: the deadline only keeps a broken test from hanging)."""
-    with trio.fail_after(timeout):
-        while not predicate():
+    with trio.fail_after(within):
+        while not predicate():  # noqa: ASYNC110 - the counters polled here have no event to wait on
             await trio.sleep(0.01)
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import trio
 
-from acquirer_helpers import request, running_connector
 from iso_peer import PeerAcquirer, peer_request
+from test_acquirer_support import request, running_connector
 
 
 def _purchase(stan: str, amount: int) -> dict[str, str]:
@@ -58,11 +58,8 @@ async def test_connector_interoperates_with_the_independent_peer(tmp_path: Path)
 async def test_simulator_process_answers_the_peer_and_exposes_ledger_and_faults(tmp_path: Path) -> None:
     config = tmp_path / "sim.toml"
     config.write_text('[simulator]\nadmin_bind = "127.0.0.1:0"\n[simulator.latency]\nfixed_ms = 0\n')
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cloudlayer.cli", "simulator", "--config", str(config), "--bind", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    argv = [sys.executable, "-m", "cloudlayer.cli", "simulator", "--config", str(config), "--bind", "127.0.0.1:0"]
+    proc = await trio.to_thread.run_sync(lambda: subprocess.Popen(argv, stdout=subprocess.PIPE, text=True))
     try:
         assert proc.stdout is not None
         line = ""
