@@ -52,6 +52,7 @@ _SENSITIVE_WORDS = frozenset(
 _KEY_WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _MAX_DEPTH = 4
+_CARD_FIRST_DIGITS = frozenset("23456")
 
 
 def luhn_valid(digits: str) -> bool:
@@ -74,19 +75,22 @@ def mask_pan(pan: str) -> str:
 def _mask_run(run: str) -> str:
     if 13 <= len(run) <= 19 and luhn_valid(run):
         return mask_pan(run)
-    # A longer run (or a failing one) may still contain a PAN glued to other digits: look at every window.
+    # A PAN may be glued to other digits (hex EMV data: "5A08" + PAN + "5F24..."): look at every window that
+    # starts like a card number (2-6: Mastercard, Amex/JCB/Diners, Visa, Mastercard, Discover/UnionPay).
+    # Defense in depth accepts the false positives: a long non-card number may come out partly masked.
     out: list[str] = []
-    i = 0
-    start = 0
+    i = start = 0
     while i + 13 <= len(run):
-        for length in range(min(19, len(run) - i), 12, -1):
-            window = run[i : i + length]
-            if luhn_valid(window):
-                out.append(run[start:i])
-                out.append(mask_pan(window))
-                i += length
-                start = i
-                break
+        if run[i] in _CARD_FIRST_DIGITS:
+            for length in range(min(19, len(run) - i), 12, -1):
+                window = run[i : i + length]
+                if luhn_valid(window):
+                    out.append(run[start:i])
+                    out.append(mask_pan(window))
+                    i = start = i + length
+                    break
+            else:
+                i += 1
         else:
             i += 1
     out.append(run[start:])
