@@ -30,6 +30,7 @@ _event_decoder = msgspec.msgpack.Decoder(list[Event])
 _completion_decoder = msgspec.msgpack.Decoder(Completion)
 _TIME = struct.Struct(">Q")
 _DIGITS = re.compile(r"\d")
+_RECORD_FIELDS = TransactionRecord.__struct_fields__  # msgspec.structs.fields() re-evaluates annotations
 
 
 def record_key(client_id: str, transaction_id: str) -> bytes:
@@ -97,12 +98,12 @@ def validate_claim(record: object) -> TransactionRecord:
         raise InvalidRecord("state: a claim must be PENDING")
     if not 0 <= rec.amount <= MAX_AMOUNT:
         raise InvalidRecord(f"amount: must be 0-{MAX_AMOUNT}")
-    for f in msgspec.structs.fields(TransactionRecord):
-        v = getattr(rec, f.name)
+    for name in _RECORD_FIELDS:
+        v = getattr(rec, name)
         if isinstance(v, str) and len(v) > MAX_FIELD_CHARS:
-            raise InvalidRecord(f"{f.name}: at most {MAX_FIELD_CHARS} characters")
+            raise InvalidRecord(f"{name}: at most {MAX_FIELD_CHARS} characters")
         if isinstance(v, bytes) and len(v) > MAX_BLOB_BYTES:
-            raise InvalidRecord(f"{f.name}: at most {MAX_BLOB_BYTES} bytes")
+            raise InvalidRecord(f"{name}: at most {MAX_BLOB_BYTES} bytes")
     for name in ("stan", "rrn", "terminal_id"):
         if "\0" in getattr(rec, name):
             raise InvalidRecord(f"{name}: must not contain NUL")

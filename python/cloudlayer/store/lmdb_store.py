@@ -116,6 +116,8 @@ class LmdbStore:
         self._committed = trio.Event()  # set (and replaced) after every batch: wakes local waiters
         self._ids = ids.IdBlock()
         self._ids_lock = trio.Lock()
+        self.commits = 0  # write transactions committed (for metrics: ops / commits = mean batch)
+        self.committed_ops = 0
         self._running = False
         self._commit_ok = True
         self._closed = False
@@ -174,6 +176,8 @@ class LmdbStore:
                 try:
                     await trio.to_thread.run_sync(self._apply_batch, batch)
                     self._commit_ok = True
+                    self.commits += 1
+                    self.committed_ops += len(batch)
                 except Exception as e:
                     self._commit_ok = False
                     log.error("store_commit_failed", error=repr(e), ops=len(batch))
