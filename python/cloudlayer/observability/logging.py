@@ -8,6 +8,7 @@ processor or formatting runs, and stdlib loggers check their level first.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import re
@@ -104,6 +105,7 @@ def mask_pans(text: str) -> str:
     return _DIGIT_RUN.sub(lambda m: _mask_run(m.group(0)), text)
 
 
+@functools.lru_cache(maxsize=4096)  # keys come from code: a small set, checked on every log line
 def is_sensitive_key(key: str) -> bool:
     words = [w.lower() for w in _KEY_WORDS.findall(key)]
     if "masked" in words:
