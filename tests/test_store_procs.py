@@ -61,6 +61,12 @@ async def main(path):
                 tid, dead = arg.split(" ", 1)
                 got = await store.take_over("c1", tid, dead)
                 say(got is not None)
+            elif op == "fill":
+                for i in range(int(arg)):
+                    r = rec(f"fill-{i}")
+                    r.emv_redacted = bytes(range(256)) * 64
+                    await store.claim(r)
+                say(store.map_size())
             elif op == "ids":
                 say([await store.next_ids() for _ in range(int(arg))])
         nursery.cancel_scope.cancel()
@@ -246,3 +252,27 @@ def test_next_ids_unique_across_processes_and_restarts(tmp_path: Path) -> None:
             for w in workers:
                 w.stop()
     assert len(seen) == 6000 and len(set(seen)) == 6000
+
+
+async def test_map_grown_by_another_process_is_adopted(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    store = LmdbStore(path, StoreConfig(map_size_mb=1, max_map_size_mb=1))
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            assert (await store.claim(rec("mine"))).outcome is ClaimOutcome.NEW
+            other = Worker(path)  # opens with an 8 MB map and writes ~3 MB: beyond our mapping
+            try:
+                grown = await trio.to_thread.run_sync(other.ask, "fill 200")
+            finally:
+                other.stop()
+            assert grown == 8 * 1024 * 1024
+            # Our reads and writes hit MDB_MAP_RESIZED and adopt the bigger map instead of failing.
+            got = await store.get("c1", "fill-199")
+            assert got is not None and len(got.emv_redacted) == 16_384
+            assert (await store.claim(rec("fill-0"))).outcome is ClaimOutcome.ORPHANED  # its owner exited
+            assert (await store.claim(rec("after"))).outcome is ClaimOutcome.NEW
+            assert store.map_size() == 8 * 1024 * 1024
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()

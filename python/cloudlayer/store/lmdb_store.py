@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import lmdb
 import msgspec
@@ -47,6 +47,7 @@ from .types import (
     State,
     StoreFull,
     TransactionRecord,
+    TransactionStore,
 )
 
 log = structlog.get_logger(__name__)
@@ -212,15 +213,25 @@ class LmdbStore:
                 if not self._grow():
                     break
         # At the ceiling: one transaction per op, so whatever still fits is stored and only the rest fails.
+        # Errors stay per op from here on: an op committed alone must not be reported failed.
         for op in batch:
-            try:
-                self._commit([op])
-            except lmdb.MapFullError:
-                op.result = None
-                op.error = StoreFull(
-                    f"transaction store full: map at store.max_map_size_mb={self._cfg.max_map_size_mb} MB "
-                    f"({self.path}); purge old records or raise the limit"
-                )
+            for _ in range(8):
+                try:
+                    self._commit([op])
+                    break
+                except lmdb.MapResizedError:
+                    self._adopt_map_size()
+                except lmdb.MapFullError:
+                    op.result = None
+                    op.error = StoreFull(
+                        f"transaction store full: map at store.max_map_size_mb={self._cfg.max_map_size_mb} MB "
+                        f"({self.path}); purge old records or raise the limit"
+                    )
+                    break
+                except lmdb.Error as e:
+                    op.result = None
+                    op.error = RuntimeError(f"transaction store commit failed: {e!r}")
+                    break
 
     def _commit(self, batch: list[_Op]) -> None:
         with self._env.begin(write=True) as txn:  # commits on exit (fsync), aborts on any exception
@@ -545,3 +556,7 @@ def _trim_events(rec: TransactionRecord) -> None:
     half = codec.MAX_EVENTS // 2
     if len(rec.events) > codec.MAX_EVENTS:
         del rec.events[half : len(rec.events) - half]
+
+
+if TYPE_CHECKING:
+    _conforms: type[TransactionStore] = LmdbStore  # mypy checks LmdbStore against the Protocol
