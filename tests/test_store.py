@@ -13,7 +13,8 @@ import pytest
 import trio
 import trio.testing
 
-from cloudlayer.config import StoreConfig
+from cloudlayer.config import StoreConfig, load_config
+from cloudlayer.store import open_store
 from cloudlayer.store.lmdb_store import LmdbStore
 from cloudlayer.store.owner import OwnerId, current_owner_id
 from cloudlayer.store.types import (
@@ -63,7 +64,7 @@ def dead_owner() -> str:
 
 
 @asynccontextmanager
-async def open_store(path: Path, cfg: StoreConfig | None = None, **kw: Any) -> AsyncIterator[LmdbStore]:
+async def open_lmdb(path: Path, cfg: StoreConfig | None = None, **kw: Any) -> AsyncIterator[LmdbStore]:
     store = LmdbStore(path, cfg or StoreConfig(map_size_mb=4, max_map_size_mb=8), **kw)
     try:
         async with trio.open_nursery() as nursery:
@@ -75,7 +76,7 @@ async def open_store(path: Path, cfg: StoreConfig | None = None, **kw: Any) -> A
 
 
 async def test_new_then_in_flight_then_replay_and_conflict(tmp_path: Path) -> None:
-    async with open_store(tmp_path / "s") as store:
+    async with open_lmdb(tmp_path / "s") as store:
         assert store.writable()
         first = await store.claim(rec(sealed_request=b"sealed"))
         assert first.outcome is ClaimOutcome.NEW
@@ -126,9 +127,9 @@ async def test_two_claims_in_one_batch(tmp_path: Path) -> None:
 
 async def test_orphaned_and_take_over(tmp_path: Path) -> None:
     dead = dead_owner()
-    async with open_store(tmp_path / "s", owner_id=dead) as ghost:
+    async with open_lmdb(tmp_path / "s", owner_id=dead) as ghost:
         assert (await ghost.claim(rec())).outcome is ClaimOutcome.NEW
-    async with open_store(tmp_path / "s") as store:
+    async with open_lmdb(tmp_path / "s") as store:
         assert not store.owner_alive(dead)
         assert store.owner_alive(store.owner_id)
         claim = await store.claim(rec())
@@ -148,14 +149,37 @@ async def test_orphaned_and_take_over(tmp_path: Path) -> None:
             await store.complete("c1", "nope", completion())
 
 
+async def test_owner_on_another_host_lives_by_heartbeat(tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    remote = "other-host:0123456789ab:4242:99"
+    async with open_lmdb(tmp_path / "s", owner_id=remote, clock=lambda: now[0]) as ghost:
+        await ghost.claim(rec())
+        await ghost.heartbeat()
+    async with open_lmdb(tmp_path / "s", StoreConfig(owner_timeout=10.0), clock=lambda: now[0]) as store:
+        assert (await store.claim(rec())).outcome is ClaimOutcome.IN_FLIGHT  # fresh heartbeat
+        now[0] += 11.0
+        assert not store.owner_alive(remote)
+        assert (await store.claim(rec())).outcome is ClaimOutcome.ORPHANED
+        assert not store.owner_alive("garbage")  # not an owner id and no heartbeat
+
+
+async def test_open_store_from_config(tmp_path: Path) -> None:
+    cfg = load_config(None, environ={"CLOUDLAYER_SERVER_VAR_DIR": f'"{tmp_path}"'})
+    store = open_store(cfg)
+    try:
+        assert isinstance(store, LmdbStore) and store.path == tmp_path / "store"
+    finally:
+        store.close()
+
+
 async def test_take_over_refuses_a_live_owner(tmp_path: Path) -> None:
-    async with open_store(tmp_path / "s") as store:
+    async with open_lmdb(tmp_path / "s") as store:
         await store.claim(rec())
         assert await store.take_over("c1", "t1", store.owner_id) is None
 
 
 async def test_durable_across_reopen_and_lookups(tmp_path: Path) -> None:
-    async with open_store(tmp_path / "s") as store:
+    async with open_lmdb(tmp_path / "s") as store:
         stan, rrn = await store.next_ids()
         await store.claim(rec(stan=stan, rrn=rrn))
         await store.complete("c1", "t1", completion())
@@ -163,7 +187,7 @@ async def test_durable_across_reopen_and_lookups(tmp_path: Path) -> None:
         await store.add_events("c1", "missing", Event(2.0, "replayed"))  # unknown: ignored, no error
         await store.claim(rec("t2"))
         before = await store.get("c1", "t1")
-    async with open_store(tmp_path / "s") as store:
+    async with open_lmdb(tmp_path / "s") as store:
         after = await store.get("c1", "t1")
         assert after == before and after is not None
         assert after.replays == 1 and after.events[-1].what == "replayed"
@@ -178,7 +202,7 @@ async def test_durable_across_reopen_and_lookups(tmp_path: Path) -> None:
 
 
 async def test_wait_completed_local_and_owner_died(tmp_path: Path) -> None:
-    async with open_store(tmp_path / "s") as store:
+    async with open_lmdb(tmp_path / "s") as store:
         await store.claim(rec())
         results: list[TransactionRecord] = []
 
@@ -196,16 +220,16 @@ async def test_wait_completed_local_and_owner_died(tmp_path: Path) -> None:
             await store.wait_completed("c1", "unknown")
 
     dead = dead_owner()
-    async with open_store(tmp_path / "s", owner_id=dead) as ghost:
+    async with open_lmdb(tmp_path / "s", owner_id=dead) as ghost:
         await ghost.claim(rec("t9"))
-    async with open_store(tmp_path / "s") as store:
+    async with open_lmdb(tmp_path / "s") as store:
         with pytest.raises(OwnerDied):
             await store.wait_completed("c1", "t9")
 
 
 async def test_purge_removes_only_old_completed(tmp_path: Path) -> None:
     now = [1_000_000.0]
-    async with open_store(tmp_path / "s", clock=lambda: now[0]) as store:
+    async with open_lmdb(tmp_path / "s", clock=lambda: now[0]) as store:
         for tid in ("old", "old-pending", "new"):
             await store.claim(rec(tid, rrn=f"RRN-{tid}", stan="000001"))
         await store.complete("c1", "old", completion())
@@ -225,11 +249,11 @@ async def test_purge_removes_only_old_completed(tmp_path: Path) -> None:
 async def test_housekeeping_purges_on_start(tmp_path: Path) -> None:
     now = [1_000_000.0]
     cfg = StoreConfig(map_size_mb=4, retention_days=1.0, purge_interval=3600.0)
-    async with open_store(tmp_path / "s", cfg, clock=lambda: now[0]) as store:
+    async with open_lmdb(tmp_path / "s", cfg, clock=lambda: now[0]) as store:
         await store.claim(rec())
         await store.complete("c1", "t1", completion())
     now[0] += 2 * 86_400
-    async with open_store(tmp_path / "s", cfg, clock=lambda: now[0]) as store:
+    async with open_lmdb(tmp_path / "s", cfg, clock=lambda: now[0]) as store:
         with trio.fail_after(5):
             while await store.get("c1", "t1") is not None:  # noqa: ASYNC110 - polling the store, no event to wait on
                 await trio.sleep(0.01)
@@ -238,7 +262,7 @@ async def test_housekeeping_purges_on_start(tmp_path: Path) -> None:
 async def test_map_grows_then_store_full_without_corruption(tmp_path: Path) -> None:
     cfg = StoreConfig(map_size_mb=1, max_map_size_mb=2)
     stored: list[str] = []
-    async with open_store(tmp_path / "s", cfg) as store:
+    async with open_lmdb(tmp_path / "s", cfg) as store:
         start = store.map_size()
         with pytest.raises(StoreFull, match="max_map_size_mb"):
             for i in range(10_000):
@@ -251,7 +275,7 @@ async def test_map_grows_then_store_full_without_corruption(tmp_path: Path) -> N
         with pytest.raises(StoreFull):
             await store.claim(rec("one-more", emv_redacted=os.urandom(16_000)))
         assert await store.get("c1", stored[-1]) is not None
-    async with open_store(tmp_path / "s", cfg) as store:
+    async with open_lmdb(tmp_path / "s", cfg) as store:
         for tid in stored:
             got = await store.get("c1", tid)
             assert got is not None and got.state is State.PENDING and len(got.emv_redacted) == 16_000
@@ -279,7 +303,7 @@ async def test_map_grows_then_store_full_without_corruption(tmp_path: Path) -> N
     ],
 )
 async def test_bad_claims_are_rejected_cleanly(tmp_path: Path, changes: dict[str, Any], field: str) -> None:
-    async with open_store(tmp_path / "s") as store:
+    async with open_lmdb(tmp_path / "s") as store:
         bad = rec()
         for name, value in changes.items():
             setattr(bad, name, value)  # msgspec does not check assignments: a buggy caller can do this
@@ -291,7 +315,7 @@ async def test_bad_claims_are_rejected_cleanly(tmp_path: Path, changes: dict[str
 
 
 async def test_bad_completion_and_events_rejected(tmp_path: Path) -> None:
-    async with open_store(tmp_path / "s") as store:
+    async with open_lmdb(tmp_path / "s") as store:
         await store.claim(rec())
         with pytest.raises(InvalidRecord, match="response_status"):
             await store.complete("c1", "t1", msgspec.structs.replace(completion(), response_status=42))
@@ -306,7 +330,7 @@ async def test_bad_completion_and_events_rejected(tmp_path: Path) -> None:
 
 
 async def test_events_stay_bounded(tmp_path: Path) -> None:
-    async with open_store(tmp_path / "s") as store:
+    async with open_lmdb(tmp_path / "s") as store:
         await store.claim(rec(events=[Event(0.0, "received")]))
         for i in range(300):
             await store.add_events("c1", "t1", Event(float(i), "replayed"), replay=True)
@@ -319,7 +343,7 @@ async def test_events_stay_bounded(tmp_path: Path) -> None:
 async def test_next_ids_format_and_restart(tmp_path: Path) -> None:
     seen: set[str] = set()
     for _ in range(2):
-        async with open_store(tmp_path / "s") as store:
+        async with open_lmdb(tmp_path / "s") as store:
             pairs = [await store.next_ids() for _ in range(1200)]  # crosses a block boundary
         for stan, rrn in pairs:
             assert len(stan) == 6 and stan.isdigit() and stan != "000000"
@@ -336,7 +360,7 @@ def test_stan_wraps() -> None:
 
 
 async def test_writer_stopped_and_closed(tmp_path: Path) -> None:
-    async with open_store(tmp_path / "s") as store:
+    async with open_lmdb(tmp_path / "s") as store:
         pass
     assert not store.writable()
     with pytest.raises(RuntimeError, match="closed"):

@@ -1,0 +1,18 @@
+"""The transaction store: the contract in `types`, the embedded LMDB backend in `lmdb_store`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from .types import TransactionStore
+
+
+def open_store(cfg: Config) -> TransactionStore:
+    """The configured backend, opened for this worker process (start its `run` in the app nursery)."""
+    if cfg.store.backend == "lmdb":
+        from .lmdb_store import LmdbStore
+
+        return LmdbStore.from_config(cfg)
+    raise ValueError(f"unknown store.backend {cfg.store.backend!r}")

@@ -416,7 +416,7 @@ class LmdbStore:
                 except Exception as e:
                     log.error("store_purge_failed", error=repr(e))
             try:
-                await self._submit(_Op("heartbeat"))
+                await self.heartbeat()
             except Exception as e:
                 log.error("store_heartbeat_failed", error=repr(e))
             await trio.sleep(max(0.0, min(beat, next_purge - trio.current_time())))
@@ -453,6 +453,10 @@ class LmdbStore:
             _Op("take_over", codec.record_key(client_id, transaction_id), dead_owner)
         )
         return rec
+
+    async def heartbeat(self) -> None:
+        """Record that this owner lives (run() does it every owner_timeout/3): how other hosts see us."""
+        await self._submit(_Op("heartbeat"))
 
     async def purge(self, older_than: float) -> int:
         total = 0
