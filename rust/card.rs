@@ -118,11 +118,24 @@ pub fn redact(data: &[u8], remove: &[Tag]) -> Result<Vec<u8>, TlvError> {
     Ok(out)
 }
 
-/// The first 5A found (depth first), masked for display; `None` when there is none.
+/// The first 5A found (depth first), masked for display; `None` when there is none. Works on
+/// redacted data too (the digits it shows are never the masked ones).
 pub fn masked_pan(data: &[u8]) -> Result<Option<String>, TlvError> {
-    tlv::validate(data)?;
-    let card = scan(data)?;
-    Ok(card.pan.map(|p| mask_pan_str(&p)))
+    Ok(first_primitive(data, TAG_PAN)?.map(|v| mask_pan_str(&cn_digits(v))))
+}
+
+/// The value of the first primitive `tag`, depth first, after checking the whole structure.
+pub fn first_primitive(data: &[u8], tag: Tag) -> Result<Option<&[u8]>, TlvError> {
+    fn find<'a>(nodes: &[Node<'a>], tag: Tag) -> Option<&'a [u8]> {
+        nodes.iter().find_map(|n| {
+            if n.tlv.constructed {
+                find(&n.children, tag)
+            } else {
+                (n.tlv.tag == tag).then_some(n.tlv.value)
+            }
+        })
+    }
+    Ok(find(&tlv::parse(data)?, tag))
 }
 
 /// What the acquirer message needs from field 55.

@@ -146,7 +146,7 @@ fn decode_level<'py>(
         } else {
             PyBytes::new(py, t.value).into_any()
         };
-        items.push(PyTuple::new(py, [tags.get(py, t.tag).into_any(), value])?);
+        items.push((tags.get(py, t.tag), value).into_pyobject(py)?);
     }
     Ok(PyList::new(py, items)?)
 }
@@ -299,10 +299,12 @@ impl PyCardData {
     fn __repr__(&self) -> String {
         let set = |v: &Option<String>| if v.is_some() { "<set>" } else { "None" };
         format!(
-            "CardData(pan='{}', expiry={}, pan_sequence={:?}, track2={})",
+            "CardData(pan='{}', expiry={}, pan_sequence={}, track2={})",
             card::mask_pan_str(&self.pan),
             set(&self.expiry),
-            self.pan_sequence.as_deref().unwrap_or("None"),
+            self.pan_sequence
+                .as_deref()
+                .map_or("None".to_owned(), |s| format!("'{s}'")),
             set(&self.track2),
         )
     }

@@ -1,0 +1,164 @@
+"""Micro benchmark: native EMV decode and request fingerprint against their baselines.
+
+Run: .venv/bin/python bench/bench_emv.py [--repeat N]
+
+Compares, in one run and on the same blobs, `cloudlayer.emv.decode` with `pyemv.tlv.decode` and a
+plain-Python BER-TLV loop (a realistic contactless field 55 request of 24 tags, and a response with
+8A/91/71/72), and `cloudlayer.emv.fingerprint` of a ~1 KB request with `hashlib.sha256` over its raw
+body. Each figure is the min and median over `--repeat` timeit runs (the machine is noisy: the
+min is the least disturbed run, the median what to expect); ratios use the minimum.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import timeit
+from collections.abc import Callable
+from typing import Any
+
+import pyemv.tlv
+
+from cloudlayer import emv
+
+# A Visa contactless authorisation's field 55: 24 tags, 173 bytes (test card data, not a real card).
+REQUEST_HEX = (
+    "9F0206000000001000"
+    "9F0306000000000000"
+    "9F26088E19ED4F2A1A4D2B"
+    "82022000"
+    "9F36020013"
+    "9F100706011203A00000"
+    "9F3303E0F8C8"
+    "9F1A020826"
+    "95050000000000"
+    "5F2A020826"
+    "9A03260315"
+    "9C0100"
+    "9F37043D8B2C11"
+    "9F270180"
+    "9F34031F0302"
+    "9F350122"
+    "9F0902008C"
+    "8407A0000000031010"
+    "9F1E083132333435363738"
+    "9F410400000042"
+    "5A084761739001010119"
+    "5F340101"
+    "5F2403271231"
+    "57134761739001010119D27122011143804400000F"
+)
+# The issuer's answer as we return it: 8A, 91 (ARPC + ARC), 71 and 72 issuer scripts (9F18 + 86).
+RESPONSE_HEX = (
+    "8A023030"
+    "910A3BA9C4B7A1F2E0D03030"
+    "71129F1804000000018609841E000004A1B2C3D4"
+    "72169F180400000002860D04DA9F580801020304A1B2C3D4"
+)
+
+
+def plain_python_decode(data: bytes, offset: int = 0, end: int | None = None) -> list[tuple[str, Any]]:
+    """The straightforward BER-TLV loop one would write in Python (minimal checks)."""
+    end = len(data) if end is None else end
+    out: list[tuple[str, Any]] = []
+    i = offset
+    while i < end:
+        if data[i] == 0:
+            i += 1
+            continue
+        start = i
+        first = data[i]
+        i += 1
+        if first & 0x1F == 0x1F:
+            while data[i] & 0x80:
+                i += 1
+            i += 1
+        tag = data[start:i].hex().upper()
+        length = data[i]
+        i += 1
+        if length & 0x80:
+            n = length & 0x7F
+            length = int.from_bytes(data[i : i + n], "big")
+            i += n
+        if i + length > end:
+            raise ValueError("value overruns")
+        if first & 0x20:
+            out.append((tag, plain_python_decode(data, i, i + length)))
+        else:
+            out.append((tag, data[i : i + length]))
+        i += length
+    return out
+
+
+def measure(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
+    """(min, median) seconds per call."""
+    timer = timeit.Timer(fn)
+    number, _ = timer.autorange()
+    runs = [t / number for t in timer.repeat(repeat=repeat, number=number)]
+    return min(runs), statistics.median(runs)
+
+
+def us(seconds: float) -> str:
+    return f"{seconds * 1e6:8.3f} us"
+
+
+def request_body() -> tuple[bytes, list[tuple[str, emv.FieldValue]]]:
+    """A ~1 KB transaction request body and the fields the flow fingerprints from it."""
+    emv_hex = REQUEST_HEX + "9F10" + "20" + "1F4201" * 10 + "00" + "DF8129" + "08" + "1122334455667788"
+    emv_hex += "9F7C" + "81" + "C8" + "00" * 200
+    body = {
+        "transactionId": "7c1f4a36-9d9e-4f0b-9a55-0c3b7f1d2e4a",
+        "transactionType": "PURCHASE",
+        "amount": 1000,
+        "currency": "826",
+        "merchantId": "MERCHANT0000001",
+        "terminalId": "TERM0001",
+        "posEntryMode": "072",
+        "localDateTime": "2026-03-15T12:34:56",
+        "emvData": emv_hex,
+        "pinBlock": None,
+        "originalTransactionId": None,
+    }
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    fields: list[tuple[str, emv.FieldValue]] = [
+        (k, bytes.fromhex(v) if k == "emvData" and isinstance(v, str) else v) for k, v in body.items()
+    ]
+    return raw, fields
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=15, help="timeit runs per figure (default 15)")
+    args = parser.parse_args()
+
+    for name, blob_hex in (("request", REQUEST_HEX), ("response", RESPONSE_HEX)):
+        blob = bytes.fromhex(blob_hex)
+        tags = len(emv.decode(blob))
+        assert [t for t, _ in plain_python_decode(blob)] == [t for t, _ in emv.decode(blob)]
+        native = measure(lambda b=blob: emv.decode(b), args.repeat)
+        native_hex = measure(lambda h=blob_hex: emv.decode(h), args.repeat)
+        pyemv_t = measure(lambda b=blob: pyemv.tlv.decode(b), args.repeat)
+        plain = measure(lambda b=blob: plain_python_decode(b), args.repeat)
+        print(f"decode {name}: {len(blob)} bytes, {tags} top-level tags  (min / median per call)")
+        print(f"  cloudlayer.emv.decode(bytes) {us(native[0])} / {us(native[1])}")
+        print(f"  cloudlayer.emv.decode(hex)   {us(native_hex[0])} / {us(native_hex[1])}")
+        print(f"  pyemv.tlv.decode             {us(pyemv_t[0])} / {us(pyemv_t[1])}")
+        print(f"  plain Python loop            {us(plain[0])} / {us(plain[1])}")
+        print(
+            f"  native is {pyemv_t[0] / native[0]:5.1f}x faster than pyemv (median {pyemv_t[1] / native[1]:.1f}x), "
+            f"{plain[0] / native[0]:5.1f}x faster than the plain loop"
+        )
+
+    raw, fields = request_body()
+    fp = measure(lambda: emv.fingerprint(fields), args.repeat)
+    sha = measure(lambda: hashlib.sha256(raw).digest(), args.repeat)
+    print(f"fingerprint of a {len(raw)}-byte request ({len(fields)} fields)  (min / median per call)")
+    print(f"  cloudlayer.emv.fingerprint   {us(fp[0])} / {us(fp[1])}")
+    print(f"  hashlib.sha256(raw body)     {us(sha[0])} / {us(sha[1])}")
+    print(f"  fingerprint costs {fp[0] / sha[0]:.2f}x sha256 (median {fp[1] / sha[1]:.2f}x; goal <= 3x)")
+
+
+if __name__ == "__main__":
+    main()
