@@ -792,6 +792,7 @@ def main(argv: list[str] | None = None) -> int:
         run["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         run["problems"] = bench.problems
         run["pids_started"] = procs.started_pids
+        run["work_dir"] = str(work_dir)
         if not args.keep_tmp:
             import shutil
 
