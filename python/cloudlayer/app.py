@@ -1,20 +1,105 @@
-"""The Quart-Trio app factory: routes wiring and the lifespan that owns background tasks."""
+"""The Quart-Trio app factory: routes wiring, error handling, request ids and metrics, and the lifespan
+that owns background tasks.
+
+Each Hypercorn worker process builds one app. Its lifespan nursery (`app.nursery`) owns the store's
+group-commit writer, the acquirer link and the metrics sampler; they start before the first request.
+"""
 
 from __future__ import annotations
 
-from quart import Response
+import time
+
+import structlog
+from quart import Response, g, request
 from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
 
 from .config import Config
+from .http.problems import Problem
+from .observability import health, metrics
+from .observability.logging import bind_request_id
+from .services import Services
+
+log = structlog.get_logger(__name__)
 
 
 def create_app(cfg: Config) -> QuartTrio:
     app = QuartTrio("cloudlayer")
     app.config["MAX_CONTENT_LENGTH"] = cfg.server.max_body_bytes
-    app.extensions["cloudlayer.config"] = cfg
+    # Background tasks are cancelled at shutdown; each cleans up in its own shielded finally.
+    app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = None
+    services = Services(cfg)
+    app.extensions["cloudlayer"] = services
+
+    @app.before_serving
+    async def start_services() -> None:
+        await services.start(app.nursery)
+
+    @app.after_serving
+    async def stop_services() -> None:
+        services.close()
+
+    @app.before_request
+    async def begin_request() -> None:
+        g.request_id = bind_request_id(request.headers.get("X-Request-Id"))
+        g.started = time.perf_counter()
+        g.outcome = ""
+        metrics.IN_FLIGHT.inc()
+
+    @app.after_request
+    async def end_request(resp: Response) -> Response:
+        resp.headers["X-Request-Id"] = g.get("request_id", "")
+        started = g.get("started")
+        if started is not None:
+            metrics.IN_FLIGHT.dec()
+            rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+            outcome = g.get("outcome") or ("ok" if resp.status_code < 400 else "rejected")
+            metrics.observe_request(rule, resp.status_code, outcome, time.perf_counter() - started)
+        return resp
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        return Response(b'{"status":"ok"}', status=200, content_type="application/json")
+        status, body = health.liveness()
+        return Response(body, status=status, content_type=health.CONTENT_TYPE)
 
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        status, body = health.readiness(services.readiness())
+        return Response(body, status=status, content_type=health.CONTENT_TYPE, headers={"Cache-Control": "no-store"})
+
+    services.register_routes(app)
+    _register_error_handlers(app)
     return app
+
+
+def _register_error_handlers(app: QuartTrio) -> None:
+    @app.errorhandler(Problem)
+    async def on_problem(e: Problem) -> Response:
+        return e.response()
+
+    @app.errorhandler(HTTPException)
+    async def on_http_exception(e: HTTPException) -> Response:
+        status = e.code or 500
+        slug = (e.name or "error").lower().replace(" ", "-")
+        resp = Problem(status, slug, e.name or "Error", _http_detail(status, e)).response()
+        for k, v in e.get_headers():
+            if k.lower() == "allow":
+                resp.headers["Allow"] = v
+        return resp
+
+    @app.errorhandler(Exception)
+    async def on_exception(e: Exception) -> Response:
+        # A bug, not bad input: log it with its traceback (no request data), answer without one.
+        log.exception("unhandled_error", error_type=type(e).__name__)
+        g.outcome = "error"
+        return Problem(500, "internal-error", "Internal error", "the request could not be processed").response()
+
+
+def _http_detail(status: int, e: HTTPException) -> str:
+    if status == 413:
+        return "request body is larger than the configured limit (server.max_body_bytes)"
+    if status == 404:
+        return "no such resource"
+    if status == 405:
+        return "method not allowed for this resource"
+    return e.description or e.name or "error"

@@ -43,6 +43,9 @@ class ServerConfig(_Section):
     transaction_path: str = "/transaction/process"
     # Directory for generated state (dev cert, keys, client registry, LMDB) when paths are relative.
     var_dir: str = "var"
+    # The AES-256 data key that seals card data at rest (pending requests, SAF reversals); 0600, relative
+    # to var_dir. Back it up apart from the store: without it, pending recoveries and SAF entries are lost.
+    sealing_key_file: str = "keys/sealing.key"
     dev_mode: bool = False
 
 

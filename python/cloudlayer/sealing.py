@@ -13,6 +13,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from .config import Config
+
 _NONCE = 12
 
 
@@ -30,6 +32,10 @@ class Sealer:
     def from_file(cls, path: Path) -> Sealer:
         """Load the data key, creating it (0600, parents 0700) on first use."""
         return cls(load_or_create_secret(path, 32))
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Sealer:
+        return cls.from_file(cfg.var_path(cfg.server.sealing_key_file))
 
     def seal(self, plaintext: bytes, context: bytes = b"") -> bytes:
         nonce = os.urandom(_NONCE)

@@ -39,17 +39,13 @@ def _cmd_simulator(args: argparse.Namespace) -> int:
     return 0
 
 
-# Where the host keeps its data key for sealing (the lead's app must use the same path).
-SEALING_KEY_FILE = "sealing.key"
-
-
 def _cmd_saf(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..sealing import Sealer
     from .saf import SafQueue
 
     cfg = load_config(args.config)
-    queue = SafQueue(cfg.var_path(cfg.acquirer.saf_path), Sealer.from_file(cfg.var_path(SEALING_KEY_FILE)))
+    queue = SafQueue(cfg.var_path(cfg.acquirer.saf_path), Sealer.from_config(cfg))
     try:
         if args.saf_command == "retry":
             n = queue.make_all_due()

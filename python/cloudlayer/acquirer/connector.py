@@ -115,6 +115,15 @@ class Iso8583Connector:
         return any(link.up for link in self._links)
 
     @property
+    def links_up(self) -> int:
+        return sum(1 for link in self._links if link.up)
+
+    @property
+    def saf_depth(self) -> int:
+        """Reversals waiting in the store-and-forward queue (shared by every worker)."""
+        return len(self._saf)
+
+    @property
     def in_flight(self) -> int:
         return len(self._pending)
 

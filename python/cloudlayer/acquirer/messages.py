@@ -31,7 +31,7 @@ def build_request(request: AcquirerRequest, mti: str, acquirer_id: str) -> Messa
         raise ValueError("amount out of range (field 4)")
     msg: Message = {
         "t": mti,
-        "3": spec.PROCESSING_REFUND if request.kind is MessageKind.REFUND else spec.PROCESSING_PURCHASE,
+        "3": _processing_code(request),
         "4": f"{request.amount:012d}",
         "7": request.transmission_datetime,
         "11": request.stan,
@@ -40,8 +40,9 @@ def build_request(request: AcquirerRequest, mti: str, acquirer_id: str) -> Messa
         "22": pos,
         "32": acquirer_id,
         "37": request.rrn,
-        "41": request.terminal_id,
-        "42": request.merchant_id,
+        # ans 8 and ans 15 are fixed length: shorter ids are padded with spaces on the right.
+        "41": request.terminal_id.ljust(8),
+        "42": request.merchant_id.ljust(15),
         "49": request.currency,
     }
     if request.pan:
@@ -64,6 +65,13 @@ def build_request(request: AcquirerRequest, mti: str, acquirer_id: str) -> Messa
     return msg
 
 
+def _processing_code(request: AcquirerRequest) -> str:
+    """Field 3: a reversal repeats its original's (so a refund's reversal says 'refund')."""
+    if request.kind is MessageKind.REVERSAL and request.original is not None and request.original.processing_code:
+        return request.original.processing_code
+    return spec.PROCESSING_REFUND if request.kind is MessageKind.REFUND else spec.PROCESSING_PURCHASE
+
+
 def reversal_for(request: AcquirerRequest, purchase_mti: str, acquirer_id: str) -> AcquirerRequest:
     """The 0400 that reverses `request` (itself if it already is a reversal).
 
@@ -83,6 +91,7 @@ def reversal_for(request: AcquirerRequest, purchase_mti: str, acquirer_id: str) 
             stan=request.stan,
             transmission_datetime=request.transmission_datetime,
             acquirer_institution_id=acquirer_id,
+            processing_code=_processing_code(request),
         ),
     )
 

@@ -25,6 +25,7 @@ class OriginalData(msgspec.Struct, frozen=True, kw_only=True):
     stan: str
     transmission_datetime: str  # MMDDhhmmss (field 7 of the original)
     acquirer_institution_id: str = ""
+    processing_code: str = ""  # field 3 of the original: a reversal repeats it ("" = purchase)
 
 
 class AcquirerRequest(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,0 +1,63 @@
+"""One worker's long-lived parts, built once from the config: store, acquirer link, OAuth, the flow."""
+
+from __future__ import annotations
+
+import trio
+from quart_trio import QuartTrio
+
+from .acquirer.connector import Iso8583Connector
+from .config import Config
+from .oauth import register_routes as register_oauth_routes
+from .oauth.service import OAuthService
+from .observability import metrics
+from .observability.health import Readiness
+from .sealing import Sealer
+from .store.lmdb_store import LmdbStore
+from .transactions import route as transaction_route
+from .transactions.flow import TransactionFlow
+
+
+class Services:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        # The data key that seals card data at rest (pending requests, SAF reversals).
+        self.sealer = Sealer.from_config(cfg)
+        self.oauth = OAuthService.from_config(cfg)
+        self.store = LmdbStore.from_config(cfg)
+        self.connector = Iso8583Connector(cfg.acquirer, cfg.var_path(cfg.acquirer.saf_path), self.sealer)
+        self.flow = TransactionFlow(
+            self.store,
+            self.connector,
+            self.sealer,
+            acquirer_timeout=cfg.acquirer.timeout,
+            purchase_mti=cfg.acquirer.purchase_mti,
+        )
+
+    def register_routes(self, app: QuartTrio) -> None:
+        register_oauth_routes(app, self.oauth)
+        transaction_route.register(app, self.cfg.server.transaction_path, self.flow, self.oauth)
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        await nursery.start(self.store.run)
+        await nursery.start(self.connector.run)
+        self.flow.attach(nursery)
+        nursery.start_soon(self._sample_metrics)
+
+    def readiness(self) -> Readiness:
+        return Readiness(store_writable=self.store.writable(), acquirer_link_up=self.connector.ready)
+
+    async def _sample_metrics(self) -> None:
+        """Copy the connector's counters and states into Prometheus once a second (off the hot path)."""
+        late = reversals = 0
+        while True:
+            c = self.connector
+            metrics.ACQUIRER_LINKS_UP.set(c.links_up)
+            metrics.SAF_QUEUE_DEPTH.set(c.saf_depth)
+            metrics.ACQUIRER_LATE_RESPONSES.inc(c.late_answers - late)
+            metrics.REVERSALS.labels("queued").inc(c.reversals_queued - reversals)
+            late, reversals = c.late_answers, c.reversals_queued
+            await trio.sleep(1.0)
+
+    def close(self) -> None:
+        self.store.close()
+        self.oauth.close()

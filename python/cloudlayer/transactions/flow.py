@@ -1,0 +1,442 @@
+"""One transaction, end to end: decode, EMV, claim, acquirer, complete. Exactly once.
+
+The order of durable steps is the whole point (DESIGN.md, "One transaction, end to end"):
+  PENDING (with the sealed acquirer request) is on disk before the acquirer sees the message;
+  COMPLETED (with the exact response bytes) is on disk before the caller sees the answer.
+Once a claim is NEW the rest runs shielded from cancellation (a client hanging up must not leave an
+authorization unrecorded); the acquirer wait inside it has its own deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Final
+
+import msgspec
+import structlog
+import trio
+
+from .. import emv
+from ..acquirer.messages import request_mti
+from ..acquirer.spec import PROCESSING_PURCHASE, PROCESSING_REFUND
+from ..acquirer.types import (
+    AcquirerRequest,
+    AcquirerResponse,
+    AcquirerUnavailable,
+    Connector,
+    MessageKind,
+    OriginalData,
+    OutcomeUnknown,
+)
+from ..http.problems import Problem, from_decode_error, from_validation_error
+from ..sealing import Sealer
+from ..store.types import (
+    Claim,
+    ClaimOutcome,
+    Completion,
+    Event,
+    OwnerDied,
+    State,
+    TransactionRecord,
+    TransactionStore,
+)
+from .mapping import build_acquirer_request, fingerprint
+from .models import (
+    APPROVED_CODES,
+    TransactionRequest,
+    TransactionResponse,
+    TransactionType,
+    decode_request,
+    encode_response,
+    response_message,
+)
+
+log = structlog.get_logger(__name__)
+
+# Declines we make ourselves when the issuer's answer is unknown or unreachable.
+ISSUER_UNAVAILABLE: Final = "91"
+_CLAIM_ATTEMPTS: Final = 4
+
+# Test-only fault hook: SIGKILL ourselves at a named point, to prove crash recovery. Read once; inert
+# unless both variables are set (never in a real deployment).
+_CRASH_AT: Final = os.environ.get("CLOUDLAYER_TESTING_CRASH_AT", "") if os.environ.get("CLOUDLAYER_TESTING") else ""
+
+
+def _crash_point(name: str) -> None:
+    if _CRASH_AT == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Answer(msgspec.Struct, kw_only=True):
+    status: int
+    body: bytes
+    transaction_id: str
+    replayed: bool = False
+    outcome: str = ""
+    response_code: str = ""
+    stan: str = ""
+    rrn: str = ""
+    acquirer_seconds: float = 0.0
+
+
+_request_codec = msgspec.msgpack.Encoder()
+_request_decoder = msgspec.msgpack.Decoder(AcquirerRequest)
+
+
+class TransactionFlow:
+    def __init__(
+        self,
+        store: TransactionStore,
+        connector: Connector,
+        sealer: Sealer,
+        *,
+        acquirer_timeout: float,
+        purchase_mti: str,
+    ) -> None:
+        self._purchase_mti = purchase_mti
+        self._store = store
+        self._connector = connector
+        self._sealer = sealer
+        # A duplicate waits for the first attempt at most this long (the first is bounded by the acquirer
+        # timeout, plus the time to queue a reversal and store the answer).
+        self._wait_for_owner = acquirer_timeout * 2 + 5.0
+        self._nursery: trio.Nursery | None = None
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        """Fire-and-forget bookkeeping (replay events) runs in the app's nursery."""
+        self._nursery = nursery
+
+    # ---- entry point -------------------------------------------------------------------------------
+
+    async def process(self, client_id: str, body: bytes) -> Answer:
+        req = _decode(body)
+        icc, card = _parse_emv(req)
+        fp = fingerprint(req, icc)
+        # Fast path for resubmissions: a completed transaction replays from one read, spending no STAN.
+        existing = await self._store.get(client_id, req.transaction_id)
+        if existing is not None and existing.state is State.COMPLETED:
+            if existing.fingerprint != fp:
+                raise _conflict()
+            return self._replay(existing)
+        original = (
+            await self._original_for(client_id, req) if req.transaction_type is TransactionType.REVERSAL else None
+        )
+        stan, rrn = await self._store.next_ids()
+        now = time.time()
+        acq_req = build_acquirer_request(req, icc, card, stan=stan, rrn=rrn, now=now, original=original)
+        record = TransactionRecord(
+            client_id=client_id,
+            transaction_id=req.transaction_id,
+            fingerprint=fp,
+            transaction_type=req.transaction_type.value,
+            original_transaction_id=req.original_transaction_id,
+            amount=req.amount,
+            currency=req.currency,
+            merchant_id=req.merchant_id,
+            terminal_id=req.terminal_id,
+            masked_pan=card.masked_pan if card else None,
+            emv_redacted=emv.redact(icc) if icc else b"",
+            stan=stan,
+            rrn=rrn,
+            transmission_datetime=acq_req.transmission_datetime,
+            acquirer_mti=request_mti(acq_req, self._purchase_mti),
+            sealed_request=self._seal(acq_req, client_id),
+            created_at=now,
+            events=[Event(now, "received"), Event(now, "claimed", f"stan={stan} rrn={rrn}")],
+        )
+        for _ in range(_CLAIM_ATTEMPTS):
+            claim = await self._store.claim(record)
+            answer = await self._on_claim(claim, record)
+            if answer is not None:
+                return answer
+        raise Problem(
+            503,
+            "busy",
+            "Transaction busy",
+            "transaction is being recovered by another worker; retry",
+            headers={"Retry-After": "1"},
+        )
+
+    async def _on_claim(self, claim: Claim, mine: TransactionRecord) -> Answer | None:
+        """Act on a claim's outcome; None means 'claim again' (the situation changed under us)."""
+        rec = claim.record
+        match claim.outcome:
+            case ClaimOutcome.NEW:
+                with trio.CancelScope(shield=True):
+                    _crash_point("after_pending")
+                    return await self._authorize(rec)
+            case ClaimOutcome.REPLAY:
+                return self._replay(rec)
+            case ClaimOutcome.CONFLICT:
+                raise _conflict()
+            case ClaimOutcome.IN_FLIGHT:
+                with trio.move_on_after(self._wait_for_owner):
+                    try:
+                        done = await self._store.wait_completed(rec.client_id, rec.transaction_id)
+                    except OwnerDied:
+                        return None
+                    return self._replay(done)
+                raise Problem(
+                    503,
+                    "in-progress",
+                    "Transaction in progress",
+                    "the first attempt of this transaction is still being processed; retry",
+                    headers={"Retry-After": "2"},
+                )
+            case ClaimOutcome.ORPHANED:
+                with trio.CancelScope(shield=True):
+                    taken = await self._store.take_over(rec.client_id, rec.transaction_id, rec.owner)
+                    if taken is None:
+                        return None
+                    return await self._recover(taken)
+        return None  # pragma: no cover - exhaustive match
+
+    # ---- the three ways to an answer ---------------------------------------------------------------
+
+    async def _authorize(self, rec: TransactionRecord) -> Answer:
+        acq_req = self._unseal(rec)
+        sent_at = time.time()
+        t0 = trio.current_time()
+        try:
+            resp = await self._connector.send(acq_req)
+            outcome = "approved" if resp.response_code in APPROVED_CODES else "declined"
+        except AcquirerUnavailable as e:
+            log.warning("acquirer_unavailable", transaction_id=rec.transaction_id, stan=rec.stan, reason=str(e))
+            resp, outcome = _our_decline(), "unavailable-declined"
+        except OutcomeUnknown as e:
+            # The connector queued a reversal before raising: the outcome is now 'reversed'.
+            log.warning("acquirer_outcome_unknown", transaction_id=rec.transaction_id, stan=rec.stan, reason=str(e))
+            if acq_req.kind is MessageKind.REVERSAL:
+                resp, outcome = AcquirerResponse(response_code="00"), "reversal-stored-for-forwarding"
+            else:
+                resp, outcome = _our_decline(), "timeout-reversed"
+        acquirer_seconds = trio.current_time() - t0
+        _crash_point("after_acquirer")
+        events = (Event(sent_at, "sent", rec.acquirer_mti), Event(time.time(), "answered", resp.response_code))
+        return await self._finish(rec, resp, outcome, events, acquirer_seconds)
+
+    async def _recover(self, rec: TransactionRecord) -> Answer:
+        """A previous owner died between PENDING and COMPLETED: ask the acquirer what happened."""
+        acq_req = self._unseal(rec)
+        log.warning("recovering_orphan", transaction_id=rec.transaction_id, stan=rec.stan, dead_owner=rec.owner)
+        t0 = trio.current_time()
+        try:
+            found = await self._connector.inquire(acq_req)
+        except (AcquirerUnavailable, OutcomeUnknown) as e:
+            log.warning("inquiry_failed", transaction_id=rec.transaction_id, reason=str(e))
+            found = None
+        if found is not None:
+            outcome = "recovered-" + ("approved" if found.response_code in APPROVED_CODES else "declined")
+            resp = found
+        else:
+            # Unknown outcome: reverse (the original may yet arrive late) and decline. Never authorize twice.
+            await self._connector.queue_reversal(acq_req, reason="orphaned: outcome unknown after crash")
+            resp, outcome = _our_decline(), "orphan-reversed"
+        events = (Event(time.time(), "recovered", outcome),)
+        return await self._finish(rec, resp, outcome, events, trio.current_time() - t0)
+
+    def _replay(self, rec: TransactionRecord) -> Answer:
+        if self._nursery is not None:
+            self._nursery.start_soon(self._note_replay, rec.client_id, rec.transaction_id)
+        return Answer(
+            transaction_id=rec.transaction_id,
+            status=rec.response_status,
+            body=rec.response_body,
+            replayed=True,
+            outcome=rec.outcome,
+            response_code=rec.response_code,
+            stan=rec.stan,
+            rrn=rec.rrn,
+        )
+
+    async def _note_replay(self, client_id: str, transaction_id: str) -> None:
+        try:
+            await self._store.add_events(client_id, transaction_id, Event(time.time(), "replayed"), replay=True)
+        except Exception:  # bookkeeping only: the replay itself was already answered
+            log.exception("replay_event_failed", transaction_id=transaction_id)
+
+    async def _finish(
+        self,
+        rec: TransactionRecord,
+        resp: AcquirerResponse,
+        outcome: str,
+        events: tuple[Event, ...],
+        acquirer_seconds: float,
+    ) -> Answer:
+        code = resp.response_code
+        approved = code in APPROVED_CODES
+        try:
+            response_emv = emv.build_response_emv(code, resp.icc_data)
+        except emv.TLVError:
+            # The issuer's field 55 is malformed: still answer (the authorization happened), with 8A alone.
+            log.warning("issuer_emv_malformed", transaction_id=rec.transaction_id, stan=rec.stan)
+            response_emv = emv.build_response_emv(code, b"")
+        body = encode_response(
+            TransactionResponse(
+                transaction_id=rec.transaction_id,
+                response_code=code,
+                approved=approved,
+                authorisation_code=resp.authorisation_code,
+                rrn=rec.rrn,
+                stan=rec.stan,
+                emv_data=response_emv.hex().upper(),
+                message=response_message(code),
+            )
+        )
+        completion = Completion(
+            response_status=200,
+            response_body=body,
+            response_code=code,
+            approved=approved,
+            authorisation_code=resp.authorisation_code,
+            outcome=outcome,
+            events=(*events, Event(time.time(), "completed", outcome)),
+        )
+        await self._store.complete(rec.client_id, rec.transaction_id, completion)
+        _crash_point("after_completed")
+        return Answer(
+            transaction_id=rec.transaction_id,
+            status=200,
+            body=body,
+            outcome=outcome,
+            response_code=code,
+            stan=rec.stan,
+            rrn=rec.rrn,
+            acquirer_seconds=acquirer_seconds,
+        )
+
+    # ---- helpers -----------------------------------------------------------------------------------
+
+    async def _original_for(self, client_id: str, req: TransactionRequest) -> OriginalData:
+        """A REVERSAL names an earlier transaction of the same client, which must be an approval."""
+        if req.original_transaction_id is None:
+            raise Problem(
+                422,
+                "invalid-field",
+                "Invalid request field",
+                "originalTransactionId: required for a REVERSAL",
+                field="originalTransactionId",
+            )
+        original = await self._store.get(client_id, req.original_transaction_id)
+        if original is None:
+            raise Problem(
+                422,
+                "unknown-original",
+                "Unknown original transaction",
+                "originalTransactionId: no transaction with this id was processed for this client",
+                field="originalTransactionId",
+            )
+        if original.state is State.PENDING:
+            raise Problem(
+                409,
+                "original-in-progress",
+                "Original transaction in progress",
+                "originalTransactionId: the original transaction is still being processed; retry",
+                field="originalTransactionId",
+                headers={"Retry-After": "2"},
+            )
+        if original.transaction_type == TransactionType.REVERSAL.value:
+            raise Problem(
+                422,
+                "invalid-original",
+                "Invalid original transaction",
+                "originalTransactionId: a reversal cannot be reversed",
+                field="originalTransactionId",
+            )
+        if not original.approved:
+            raise Problem(
+                422,
+                "original-not-approved",
+                "Original transaction not approved",
+                "originalTransactionId: the original transaction was not approved; there is nothing to reverse",
+                field="originalTransactionId",
+            )
+        if req.amount > original.amount or req.currency != original.currency:
+            raise Problem(
+                422,
+                "invalid-field",
+                "Invalid request field",
+                "amount: a reversal must not exceed the original amount, in the original currency",
+                field="amount",
+            )
+        return OriginalData(
+            mti=original.acquirer_mti,
+            stan=original.stan,
+            transmission_datetime=original.transmission_datetime,
+            processing_code=PROCESSING_REFUND
+            if original.transaction_type == TransactionType.REFUND.value
+            else PROCESSING_PURCHASE,
+        )
+
+    def _seal(self, acq_req: AcquirerRequest, client_id: str) -> bytes:
+        return self._sealer.seal(_request_codec.encode(acq_req), _aad(client_id, acq_req))
+
+    def _unseal(self, rec: TransactionRecord) -> AcquirerRequest:
+        if rec.sealed_request is None:
+            raise RuntimeError(f"PENDING transaction {rec.transaction_id!r} has no sealed request")
+        plain = self._sealer.open(rec.sealed_request, _aad_for_record(rec))
+        return _request_decoder.decode(plain)
+
+
+def _aad(client_id: str, acq_req: AcquirerRequest) -> bytes:
+    return f"{client_id}\0{acq_req.stan}\0{acq_req.rrn}".encode()
+
+
+def _aad_for_record(rec: TransactionRecord) -> bytes:
+    return f"{rec.client_id}\0{rec.stan}\0{rec.rrn}".encode()
+
+
+def _conflict() -> Problem:
+    return Problem(
+        409,
+        "transaction-id-conflict",
+        "Transaction id reused",
+        "transactionId was already used for a different request; it was not processed again",
+        field="transactionId",
+    )
+
+
+def _our_decline() -> AcquirerResponse:
+    return AcquirerResponse(response_code=ISSUER_UNAVAILABLE)
+
+
+def _decode(body: bytes) -> TransactionRequest:
+    try:
+        req = decode_request(body)
+    except msgspec.ValidationError as e:
+        raise from_validation_error(e) from None
+    except msgspec.DecodeError as e:
+        raise from_decode_error(e) from None
+    if req.transaction_type is not TransactionType.REVERSAL:
+        if req.emv_data is None:
+            raise Problem(
+                422,
+                "invalid-field",
+                "Invalid request field",
+                "emvData: required for a PURCHASE or REFUND",
+                field="emvData",
+            )
+        if req.original_transaction_id is not None:
+            raise Problem(
+                422,
+                "invalid-field",
+                "Invalid request field",
+                "originalTransactionId: only a REVERSAL names an original transaction",
+                field="originalTransactionId",
+            )
+    return req
+
+
+def _parse_emv(req: TransactionRequest) -> tuple[bytes, emv.CardData | None]:
+    if req.emv_data is None:
+        return b"", None
+    icc = bytes.fromhex(req.emv_data)
+    try:
+        card = emv.card_data(icc)  # parses the whole TLV once: malformed data fails here
+    except emv.TLVError as e:
+        raise Problem(
+            422, "invalid-emv", "Malformed EMV data", f"emvData: not valid BER-TLV: {e}", field="emvData"
+        ) from None
+    return icc, card
