@@ -19,13 +19,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # --config is accepted before or after the subcommand; SUPPRESS keeps the subcommand's copy from
+    # overwriting a value given before it.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--config",
-        default=os.environ.get("CLOUDLAYER_CONFIG"),
+        default=argparse.SUPPRESS,
         help="TOML config file (default: $CLOUDLAYER_CONFIG, else built-in defaults)",
     )
-    parser = argparse.ArgumentParser(prog="cloudlayer", description=__doc__, parents=[common])
+    parser = argparse.ArgumentParser(prog="cloudlayer", description=__doc__)
+    parser.add_argument("--config", default=os.environ.get("CLOUDLAYER_CONFIG"), help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", parents=[common], help="run the transaction host (Hypercorn, trio worker)")

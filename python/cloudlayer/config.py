@@ -37,7 +37,9 @@ class ServerConfig(_Section):
     # Hypercorn closes a keep-alive connection after 1,000 requests by default: each close costs
     # Mypinpad a TLS handshake, so we raise it.
     keep_alive_max_requests: int = 1_000_000
-    read_timeout: int = 30
+    # Hypercorn applies read_timeout to every read, idle keep-alive waits included: keep it above
+    # keep_alive_timeout or idle connections close early. It also bounds a slow sender.
+    read_timeout: int = 90
     graceful_timeout: float = 20.0
     max_body_bytes: int = 16_384
     transaction_path: str = "/transaction/process"

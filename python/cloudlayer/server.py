@@ -30,6 +30,7 @@ from hypercorn.config import Sockets
 from hypercorn.trio.run import trio_worker
 from hypercorn.utils import repr_socket_addr
 
+from . import devmode
 from .config import Config, ConfigError, LoggingConfig
 from .observability import metrics
 from .observability.logging import configure_logging
@@ -264,9 +265,13 @@ async def _supervise(cfg: Config, hc: HypercornConfig, sockets: Sockets) -> int:
         metrics_urls: list[str] = []
         if cfg.metrics.enabled:
             metrics_urls = await services.start(metrics.serve_metrics, cfg.metrics.bind)
+        if cfg.acquirer.mode == "simulator":
+            devmode.point_workers_at(await services.start(devmode.run_embedded_simulator, cfg))
         sup.spawn_workers()
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             print(startup_banner(cfg, _listen_urls(sockets), metrics_urls), flush=True)
+            if cfg.server.dev_mode:
+                print(devmode.dev_client_banner(cfg, _listen_urls(sockets)[0]), flush=True)
             log.info("serving", listen=_listen_urls(sockets), workers=len(sup.processes), pid=os.getpid())
             async with trio.open_nursery() as watchers:
                 watchers.start_soon(sup.handle_signals, signals)
