@@ -409,6 +409,9 @@ def _decode(body: bytes) -> TransactionRequest:
         raise from_validation_error(e) from None
     except msgspec.DecodeError as e:
         raise from_decode_error(e) from None
+    except RecursionError:
+        # msgspec bounds nesting (even inside unknown fields) by raising RecursionError.
+        raise Problem(400, "malformed-json", "Malformed JSON", "request body is nested too deeply") from None
     if req.transaction_type is not TransactionType.REVERSAL:
         if req.emv_data is None:
             raise Problem(
