@@ -17,6 +17,7 @@ import json
 import statistics
 import timeit
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pyemv.tlv
@@ -108,7 +109,7 @@ def request_body() -> tuple[bytes, list[tuple[str, emv.FieldValue]]]:
     """A ~1 KB transaction request body and the fields the flow fingerprints from it."""
     emv_hex = REQUEST_HEX + "9F10" + "20" + "1F4201" * 10 + "00" + "DF8129" + "08" + "1122334455667788"
     emv_hex += "9F7C" + "81" + "C8" + "00" * 200
-    body = {
+    body: dict[str, str | int | None] = {
         "transactionId": "7c1f4a36-9d9e-4f0b-9a55-0c3b7f1d2e4a",
         "transactionType": "PURCHASE",
         "amount": 1000,
@@ -137,10 +138,10 @@ def main() -> None:
         blob = bytes.fromhex(blob_hex)
         tags = len(emv.decode(blob))
         assert [t for t, _ in plain_python_decode(blob)] == [t for t, _ in emv.decode(blob)]
-        native = measure(lambda b=blob: emv.decode(b), args.repeat)
-        native_hex = measure(lambda h=blob_hex: emv.decode(h), args.repeat)
-        pyemv_t = measure(lambda b=blob: pyemv.tlv.decode(b), args.repeat)
-        plain = measure(lambda b=blob: plain_python_decode(b), args.repeat)
+        native = measure(partial(emv.decode, blob), args.repeat)
+        native_hex = measure(partial(emv.decode, blob_hex), args.repeat)
+        pyemv_t = measure(partial(pyemv.tlv.decode, blob), args.repeat)
+        plain = measure(partial(plain_python_decode, blob), args.repeat)
         print(f"decode {name}: {len(blob)} bytes, {tags} top-level tags  (min / median per call)")
         print(f"  cloudlayer.emv.decode(bytes) {us(native[0])} / {us(native[1])}")
         print(f"  cloudlayer.emv.decode(hex)   {us(native_hex[0])} / {us(native_hex[1])}")

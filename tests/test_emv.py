@@ -36,7 +36,7 @@ REQUEST_HEX = (
     "57134761739001010119D27122011143804400000F"
 )
 
-REQUEST_DECODED = [
+REQUEST_DECODED: list[tuple[str, emv.TLVValue]] = [
     ("9F02", bytes.fromhex("000000001000")),  # amount 10.00
     ("9F03", bytes.fromhex("000000000000")),
     ("9F26", bytes.fromhex("8E19ED4F2A1A4D2B")),  # ARQC
@@ -74,7 +74,7 @@ ISSUER_HEX = (
     "8A023030"
 )
 
-ISSUER_DECODED = [
+ISSUER_DECODED: list[tuple[str, emv.TLVValue]] = [
     ("91", bytes.fromhex("3BA9C4B7A1F2E0D03030")),
     (
         "71",
