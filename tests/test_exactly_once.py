@@ -1,0 +1,130 @@
+"""Exactly once across worker processes and crashes: the real host (2 workers), the real simulator, the
+real LMDB file, and a worker SIGKILLed at each dangerous point by the test-only fault hook."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from cloudlayer.samples import sample_purchase
+from txn_harness import Host, SimulatorProcess
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def simulator(tmp_path: Path) -> Iterator[SimulatorProcess]:
+    # 300 ms per answer: concurrent duplicates really overlap with the first attempt.
+    sim = SimulatorProcess(tmp_path / "sim", latency_ms=300)
+    yield sim
+    sim.stop()
+
+
+def headers(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+
+async def test_100_identical_requests_over_2_workers_authorize_once(
+    tmp_path: Path, simulator: SimulatorProcess
+) -> None:
+    host = Host(tmp_path / "host", simulator, workers=2)
+    host.start()
+    try:
+        token = host.token()
+        body = json.dumps(sample_purchase("storm-1", amount=7000)).encode()
+        results: list[httpx.Response] = []
+        # Separate connections so that both worker processes get some of them.
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=0)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+
+            async def one() -> None:
+                results.append(
+                    await client.post(host.url + "/transaction/process", content=body, headers=headers(token))
+                )
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(100):
+                    nursery.start_soon(one)
+        assert [r.status_code for r in results] == [200] * 100, {r.status_code for r in results}
+        assert len({r.content for r in results}) == 1
+        assert sum(1 for r in results if r.headers.get("Idempotent-Replayed") == "true") == 99
+        doc = results[0].json()
+        ledger = simulator.ledger()
+        assert ledger["totals"]["authorizations"] == 1
+        assert simulator.entry("TERM0001", doc["stan"])["authorizations"] == 1
+        # STAN and RRN stay unique across the two workers.
+        stans = set()
+        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+            for i in range(20):
+                body_i = json.dumps(sample_purchase(f"unique-{i}", amount=1000))
+                r = await client.post(host.url + "/transaction/process", content=body_i, headers=headers(token))
+                stans.add((r.json()["stan"], r.json()["rrn"]))
+        assert len(stans) == 20
+    finally:
+        host.stop()
+
+
+@pytest.mark.parametrize(
+    ("crash_at", "expected_code", "authorizations", "reversed_"),
+    [
+        # PENDING stored, nothing sent: the acquirer never saw it, so recovery reverses (harmless) and declines.
+        ("after_pending", "91", 0, None),
+        # The acquirer approved, we died before storing: recovery asks (repeat) and answers the original approval.
+        ("after_acquirer", "00", 1, False),
+        # COMPLETED stored, reply never sent: the resubmission replays the stored answer.
+        ("after_completed", "00", 1, False),
+    ],
+)
+def test_sigkill_at_each_dangerous_point_then_resubmit(
+    tmp_path: Path,
+    simulator: SimulatorProcess,
+    crash_at: str,
+    expected_code: str,
+    authorizations: int,
+    reversed_: bool | None,
+) -> None:
+    host = Host(tmp_path / "host", simulator)
+    host.start(env={"CLOUDLAYER_TESTING": "1", "CLOUDLAYER_TESTING_CRASH_AT": crash_at})
+    body = json.dumps(sample_purchase(f"crash-{crash_at}", amount=8000)).encode()
+    try:
+        token = host.token()
+        with pytest.raises(httpx.TransportError):
+            httpx.post(host.url + "/transaction/process", content=body, headers=headers(token), timeout=30)
+        assert host.wait_exit() != 0  # the worker died, so the host stopped
+        host.start()  # same store, same SAF, no fault hook
+        token = host.token()
+        first = httpx.post(host.url + "/transaction/process", content=body, headers=headers(token), timeout=30)
+        assert first.status_code == 200, first.text
+        doc = first.json()
+        assert doc["responseCode"] == expected_code
+        again = httpx.post(host.url + "/transaction/process", content=body, headers=headers(token), timeout=30)
+        assert again.content == first.content and again.headers["Idempotent-Replayed"] == "true"
+        ledger = simulator.ledger()
+        assert ledger["totals"]["authorizations"] == authorizations
+        entry = ledger["transactions"].get(f"TERM0001:{doc['stan']}")
+        if reversed_ is None:
+            assert entry is None or entry["authorizations"] == 0
+        else:
+            assert entry is not None and entry["reversed"] is reversed_
+    finally:
+        host.stop()
+
+
+def test_restart_keeps_answers(tmp_path: Path, simulator: SimulatorProcess) -> None:
+    host = Host(tmp_path / "host", simulator)
+    host.start()
+    body = json.dumps(sample_purchase("keep-1", amount=1000)).encode()
+    try:
+        first = httpx.post(host.url + "/transaction/process", content=body, headers=headers(host.token()), timeout=30)
+        host.stop()
+        host.start()
+        again = httpx.post(host.url + "/transaction/process", content=body, headers=headers(host.token()), timeout=30)
+        assert again.content == first.content and again.headers["Idempotent-Replayed"] == "true"
+        assert simulator.ledger()["totals"]["authorizations"] == 1
+    finally:
+        host.stop()
