@@ -30,7 +30,7 @@ def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatorPro
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory, simulator: SimulatorProcess) -> Iterator[Host]:
-    h = Host(tmp_path_factory.mktemp("host"), simulator, acquirer_timeout=1.5)
+    h = Host(tmp_path_factory.mktemp("host"), simulator, acquirer_timeout=1.5, metrics=True)
     h.start()
     yield h
     h.stop()
@@ -289,3 +289,27 @@ async def test_concurrent_duplicates_in_one_worker_authorize_once(
     assert len({r.content for r in results}) == 1
     stan = results[0].json()["stan"]
     assert simulator.entry("TERM0001", stan)["authorizations"] == 1
+
+
+def test_metrics_count_what_happened(host: Host, token: str) -> None:
+    body = sample_purchase("metrics-1", amount=1000)
+    post(host, token, body)
+    post(host, token, body)
+    post(host, token, {**body, "amount": 1100})
+    post(host, token, b"{")
+    httpx.post(host.url + "/transaction/process", content=b"{}", timeout=10)
+    text = httpx.get(host.metrics_url, timeout=10).text
+
+    def value(line_start: str) -> float:
+        lines = [ln for ln in text.splitlines() if ln.startswith(line_start)]
+        assert lines, line_start
+        return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines)
+
+    assert value("cloudlayer_replays_total") >= 1
+    assert value("cloudlayer_conflicts_total") >= 1
+    assert value("cloudlayer_oauth_tokens_issued_total") >= 1
+    assert value('cloudlayer_oauth_token_failures_total{reason="missing_token"}') >= 1
+    assert value('cloudlayer_http_requests_total{outcome="rejected",route="/transaction/process",status="400"}') >= 1
+    assert value('cloudlayer_http_requests_total{outcome="replayed",route="/transaction/process",status="200"}') >= 1
+    assert value("cloudlayer_acquirer_links_up") == 1
+    assert "4761739001010119" not in text and "metrics-1" not in text  # no card data or ids in labels

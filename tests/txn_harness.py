@@ -86,6 +86,7 @@ class Host:
         *,
         workers: int = 1,
         acquirer_timeout: float = 3.0,
+        metrics: bool = False,
         extra: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +99,7 @@ class Host:
                 "saf_retry_min": 0.2,
                 "saf_retry_max": 1.0,
             },
-            "metrics": {"enabled": False},
+            "metrics": {"enabled": metrics, "bind": "127.0.0.1:0"},
         }
         for name, values in (extra or {}).items():
             sections.setdefault(name, {}).update(values)
@@ -137,6 +138,11 @@ class Host:
     def url(self) -> str:
         assert self.server is not None
         return self.server.url
+
+    @property
+    def metrics_url(self) -> str:
+        assert self.server is not None and self.server.metrics_url, "metrics not enabled"
+        return self.server.metrics_url + "/metrics"
 
     def token(self) -> str:
         resp = httpx.post(

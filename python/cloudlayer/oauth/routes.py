@@ -7,6 +7,7 @@ import json
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from ..observability import metrics
 from .clients import AUTH_METHODS, GRANT_TYPES
 from .service import OAuthService
 from .token_endpoint import TokenRequest
@@ -50,6 +51,10 @@ def register_routes(app: QuartTrio, service: OAuthService) -> None:
                 remote_addr=request.remote_addr or "unknown",
             )
         )
+        if answer.status == 200:
+            metrics.TOKENS_ISSUED.inc()
+        else:
+            metrics.TOKEN_FAILURES.labels("locked_out" if answer.status == 429 else answer.error).inc()
         return Response(answer.body, status=answer.status, headers=answer.headers)
 
     @app.get(JWKS_PATH)

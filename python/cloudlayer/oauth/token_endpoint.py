@@ -47,6 +47,7 @@ class TokenAnswer(msgspec.Struct, frozen=True):
     status: int
     headers: dict[str, str]
     body: bytes
+    error: str = ""  # the RFC 6749 error code, for metrics ("" on success)
 
 
 class _Fail(Exception):
@@ -57,7 +58,7 @@ class _Fail(Exception):
 
 def _error(status: int, error: str, description: str, extra: dict[str, str] | None = None) -> TokenAnswer:
     body = _encode({"error": error, "error_description": description})
-    return TokenAnswer(status, {**_NO_STORE, **(extra or {})}, body)
+    return TokenAnswer(status, {**_NO_STORE, **(extra or {})}, body, error)
 
 
 def _invalid_request(description: str) -> _Fail:

@@ -41,6 +41,7 @@ def register(app: QuartTrio, path: str, flow: TransactionFlow, oauth: OAuthServi
             principal = oauth.verify_bearer(request.headers.get("Authorization"), SCOPE)
         except BearerError as e:
             g.outcome = "unauthorized"
+            metrics.TOKEN_FAILURES.labels(e.error or "missing_token").inc()
             return bearer_problem(e)
         if request.mimetype != "application/json":
             raise Problem(
