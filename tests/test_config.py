@@ -101,6 +101,7 @@ def test_env_override_unknown_key_is_named() -> None:
         ("[store]\ngroup_commit_max = 0\n", "store.group_commit_max"),
         ("[acquirer]\ntimeout = 0\n", "acquirer.timeout"),
         ('[metrics]\nbind = ":"\n', "metrics.bind"),
+        ('[acquirer]\nsimulator_config = "/nonexistent/sim.toml"\n', "acquirer.simulator_config"),
     ],
 )
 def test_invalid_values_are_named(tmp_path: Path, toml: str, key: str) -> None:

@@ -106,7 +106,8 @@ class AcquirerConfig(_Section):
     saf_retry_min: float = 1.0
     saf_retry_max: float = 60.0
     acquirer_institution_id: str = "123456"
-    simulator_config: str = "configs/simulator.toml"
+    # Rules for the in-process simulator (mode = "simulator"); "" = the simulator's built-in defaults.
+    simulator_config: str = ""
 
 
 class LoggingConfig(_Section):
@@ -224,5 +225,8 @@ def _check(cfg: Config) -> None:
         raise bad("store.group_commit_max", "must be at least 1")
     if cfg.acquirer.timeout <= 0 or cfg.acquirer.connect_timeout <= 0:
         raise bad("acquirer.timeout", "timeouts must be positive")
+    sim = cfg.acquirer.simulator_config
+    if cfg.acquirer.mode == "simulator" and sim and not Path(cfg.base_dir, sim).is_file():
+        raise bad("acquirer.simulator_config", f"file not found: {sim}")
     if cfg.acquirer.connections < 1 or cfg.acquirer.max_in_flight < 1:
         raise bad("acquirer.connections", "connections and max_in_flight must be at least 1")

@@ -5,23 +5,33 @@ from __future__ import annotations
 
 import os
 import shlex
+from pathlib import Path
 
+import msgspec
 import trio
 
 from .acquirer.simulator import serve_simulator
-from .acquirer.simulator_config import load_simulator_config
-from .config import Config
+from .acquirer.simulator_config import SimulatorConfig, load_simulator_config
+from .config import Config, ConfigError
 from .samples import sample_purchase_json
 
 
-async def run_embedded_simulator(cfg: Config, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+def embedded_simulator_config(cfg: Config) -> SimulatorConfig:
+    """The in-process simulator's rules; a bad rules file stops the start with one line (ConfigError)."""
+    path = cfg.acquirer.simulator_config
+    try:
+        sim_cfg = load_simulator_config(Path(cfg.base_dir, path) if path else None)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"invalid config: `acquirer.simulator_config` {e}") from None
+    # The file's fixed admin port would clash with another dev host; any free port will do here.
+    return msgspec.structs.replace(sim_cfg, admin_bind="127.0.0.1:0")
+
+
+async def run_embedded_simulator(
+    sim_cfg: SimulatorConfig, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+) -> None:
     """The simulator on an ephemeral loopback port, in the serving parent so that every worker shares
     one simulator (and one ledger). Workers are pointed at it through the environment."""
-    import msgspec
-
-    sim_cfg = load_simulator_config(cfg.acquirer.simulator_config or None)
-    # The file's fixed admin port would clash with another dev host; any free port will do here.
-    sim_cfg = msgspec.structs.replace(sim_cfg, admin_bind="127.0.0.1:0")
     await serve_simulator(sim_cfg, "127.0.0.1", 0, task_status=task_status)
 
 

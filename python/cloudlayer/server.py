@@ -31,6 +31,7 @@ from hypercorn.trio.run import trio_worker
 from hypercorn.utils import repr_socket_addr
 
 from . import devmode
+from .acquirer.simulator_config import SimulatorConfig
 from .config import Config, ConfigError, LoggingConfig
 from .observability import metrics
 from .observability.logging import configure_logging
@@ -155,6 +156,7 @@ def serve(cfg: Config, config_path: str | None, *, application_path: str = APPLI
     configure_logging(cfg.logging)
     hc = hypercorn_config(cfg, config_path)
     hc.application_path = application_path
+    sim_cfg = devmode.embedded_simulator_config(cfg) if cfg.acquirer.mode == "simulator" else None
     if cfg.metrics.enabled:
         metrics.prepare_multiprocess_dir(cfg.var_path("metrics"))
     try:
@@ -164,7 +166,7 @@ def serve(cfg: Config, config_path: str | None, *, application_path: str = APPLI
     for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
         sock.listen(hc.backlog)  # queue connections from now on, while workers start
     try:
-        return trio.run(_supervise, cfg, hc, sockets)
+        return trio.run(_supervise, cfg, hc, sockets, sim_cfg)
     finally:
         for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
             sock.close()
@@ -259,14 +261,14 @@ class _Supervisor:
         self.force("shutdown deadline passed")
 
 
-async def _supervise(cfg: Config, hc: HypercornConfig, sockets: Sockets) -> int:
+async def _supervise(cfg: Config, hc: HypercornConfig, sockets: Sockets, sim_cfg: SimulatorConfig | None) -> int:
     sup = _Supervisor(cfg, hc, sockets)
     async with trio.open_nursery() as services:
         metrics_urls: list[str] = []
         if cfg.metrics.enabled:
             metrics_urls = await services.start(metrics.serve_metrics, cfg.metrics.bind)
-        if cfg.acquirer.mode == "simulator":
-            devmode.point_workers_at(await services.start(devmode.run_embedded_simulator, cfg))
+        if sim_cfg is not None:
+            devmode.point_workers_at(await services.start(devmode.run_embedded_simulator, sim_cfg))
         sup.spawn_workers()
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             print(startup_banner(cfg, _listen_urls(sockets), metrics_urls), flush=True)
