@@ -203,15 +203,19 @@ def markdown(run: dict[str, Any]) -> str:
         lines += [f"## {name}", "", sc.get("description", ""), ""]
         if name == "micro":
             for bench, out in sc.get("benches", {}).items():
-                lines.append(f"- `{bench}`: exit {out['returncode']}; {len(out.get('json', []))} JSON line(s)")
+                lines.append(f"### {bench} (exit {out['returncode']})\n")
                 for obj in out.get("json", []):
-                    lines.append(f"  - `{json.dumps(obj)[:300]}`")
+                    lines.append(f"- `{json.dumps(obj)[:300]}`")
+                if not out.get("json"):
+                    # No JSON line from this bench yet: show what it printed.
+                    lines += ["```", out.get("stdout_tail", "")[-2000:].strip(), "```"]
+                lines.append("")
             lines.append("")
             continue
         lines += [
             "Closed loop:",
             "",
-            "| target | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | CPU s/1000 req | generator CPU |"  # noqa: E501
+            "| target | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | CPU s/1000 req | generator CPU |",  # noqa: E501
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for target, t in sc["targets"].items():
@@ -327,3 +331,24 @@ def write_run(out_dir: Path, run: dict[str, Any]) -> list[Path]:
 
 def without_histograms(run: dict[str, Any]) -> Any:
     return _strip_histograms(run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Re-render summary.md and the plots of a finished run: `python bench/report.py RESULTS_DIR`."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: report.py RESULTS_DIR", file=sys.stderr)
+        return 2
+    out_dir = Path(args[0])
+    run = json.loads((out_dir / "run.json").read_text(encoding="utf-8"))
+    for name, sc in run["scenarios"].items():
+        if name != "micro":
+            add_ratios(sc)
+    print("\n".join(str(p) for p in write_run(out_dir, run)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
