@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deps-installed
 CONFIG ?= configs/dev.toml
 
-.PHONY: run test install native lint typecheck rust-test py-test wheel-check bench clean
+.PHONY: run test install native lint typecheck rust-test py-test wheel-check bench reliability clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ MATURIN := VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$$PATH $(V
 
 # Editable install with every dependency, (re)done when pyproject.toml changes.
 $(STAMP): pyproject.toml | $(PY)
-	$(MATURIN) develop --release -q -E dev
+	$(MATURIN) develop --release -q -E dev,bench
 	touch $(STAMP)
 
 # The native module is rebuilt in place every time (cargo is incremental: seconds when nothing changed).
@@ -52,6 +52,10 @@ wheel-check: $(STAMP)
 	$(PYTHON) -m venv /tmp/cloudlayer-wheel-venv
 	/tmp/cloudlayer-wheel-venv/bin/pip install -q dist/*.whl
 	cd /tmp && /tmp/cloudlayer-wheel-venv/bin/python -c "import cloudlayer._native as n, cloudlayer.emv as e; print('wheel ok', n.__version__, e.decode('9F02060000000010009A03261126'))"
+
+# Load and micro benchmarks, baselines side by side (bench/README.md); BENCH_ARGS="--quick" for a short run.
+bench: native
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf target dist $(VENV) var .pytest_cache .mypy_cache .ruff_cache
