@@ -79,8 +79,8 @@ class Simulator:
                     self.ledger.messages += 1
                     nursery.start_soon(self._answer, msg, stream, write_lock, nursery.cancel_scope)
                 nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the peer went away (a host killed mid-exchange resets the connection): only this connection ends
         finally:
             await trio.aclose_forcefully(stream)
 

@@ -1,0 +1,67 @@
+"""The card-data scan: any Luhn-valid PAN or track-2 data of the test cards in logs, files, LMDB, metrics.
+
+Two detectors, because a PAN hides in two ways:
+  - generic: a Luhn-valid run of 13-19 digits standing alone (not glued to letters or digits, so hex
+    strings and UUIDs do not fire), in text or in the printable runs of binary files;
+  - specific: the test cards' PANs anywhere, in ASCII (hex EMV data holds them as ASCII digits too) and in
+    BCD bytes (tag 5A, field 2 packed), and their track-2 data (PAN + 'D' or '=' separator) in ASCII and BCD.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cloudlayer.store.integrity import luhn_valid
+
+TEST_PANS = ("4761739001010119",)
+TEST_TRACK2 = ("4761739001010119D27122011143804400000F",)
+_STANDALONE = re.compile(rb"(?<![0-9A-Za-z])[0-9]{13,19}(?![0-9A-Za-z])")
+
+
+@dataclass(frozen=True)
+class Hit:
+    where: str
+    what: str
+    offset: int
+
+
+def _needles() -> list[tuple[str, bytes]]:
+    needles: list[tuple[str, bytes]] = []
+    for pan in TEST_PANS:
+        needles.append(("test PAN (ASCII)", pan.encode()))
+        needles.append(("test PAN (BCD)", bytes.fromhex(pan)))
+        needles.append(("test PAN (UTF-16)", pan.encode("utf-16-le")))
+        for sep in ("D", "="):
+            needles.append((f"track 2 (ASCII, {sep})", (pan + sep).encode()))
+        needles.append(("track 2 (hex text, lower)", (pan + "d").encode()))
+    for track2 in TEST_TRACK2:
+        needles.append(("track 2 (ASCII)", track2.encode()))
+        needles.append(("track 2 (BCD)", bytes.fromhex(track2)))
+        needles.append(("track 2 (BCD, first 10 bytes)", bytes.fromhex(track2[:20])))
+    return needles
+
+
+NEEDLES = _needles()
+
+
+def scan_bytes(data: bytes, where: str) -> list[Hit]:
+    hits = [Hit(where, what, data.find(needle)) for what, needle in NEEDLES if needle in data]
+    for m in _STANDALONE.finditer(data):
+        if luhn_valid(m.group()):
+            hits.append(Hit(where, f"Luhn-valid {len(m.group())}-digit run", m.start()))
+    return hits
+
+
+def scan_files(paths: Iterable[Path]) -> list[Hit]:
+    hits: list[Hit] = []
+    for path in paths:
+        if path.is_file():
+            hits.extend(scan_bytes(path.read_bytes(), str(path)))
+    return hits
+
+
+def scan_tree(root: Path) -> list[Hit]:
+    return scan_files(p for p in root.rglob("*") if p.is_file())
