@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_serve)
 
     # Each package owns its operator commands.
+    from . import try_command
     from .acquirer import commands as acquirer_commands
     from .oauth import commands as oauth_commands
     from .store import commands as store_commands
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     oauth_commands.register(sub, common)
     acquirer_commands.register(sub, common)
     store_commands.register(sub, common)
+    try_command.register(sub, common)
     return parser
 
 

@@ -7,6 +7,7 @@ from quart_trio import QuartTrio
 
 from .acquirer.connector import Iso8583Connector
 from .config import Config
+from .http import openapi
 from .oauth import register_routes as register_oauth_routes
 from .oauth.service import OAuthService
 from .observability import metrics
@@ -36,6 +37,7 @@ class Services:
     def register_routes(self, app: QuartTrio) -> None:
         register_oauth_routes(app, self.oauth)
         transaction_route.register(app, self.cfg.server.transaction_path, self.flow, self.oauth)
+        openapi.register(app)
 
     async def start(self, nursery: trio.Nursery) -> None:
         await nursery.start(self.store.run)
