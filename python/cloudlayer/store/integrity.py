@@ -93,6 +93,20 @@ def iter_records(path: Path) -> Iterator[TransactionRecord]:
         env.close()
 
 
+def read_record(path: Path, client_id: str, transaction_id: str) -> TransactionRecord | None:
+    """One record by its ids, read from outside the host (tests: "nothing was stored for this request")."""
+    if not (path / "data.mdb").exists():
+        return None
+    env = _open(path)
+    try:
+        with env.begin() as txn:
+            db = env.open_db(b"records", txn=txn, create=False)
+            raw = txn.get(codec.record_key(client_id, transaction_id), db=db)
+            return None if raw is None else codec.decode(raw)
+    finally:
+        env.close()
+
+
 def _owner_dead(owner: str) -> bool:
     oid = OwnerId.parse(owner)
     if oid is None:
