@@ -165,7 +165,8 @@ class TokenVerifier:
             if now >= entry.valid_until:
                 del self._cache[token]
                 raise invalid_token("the access token expired")
-            if entry.kid not in self._keyring.verify_keys:  # its key was withdrawn from the key set
+            key_record = self._keyring.verify_keys.get(entry.kid)
+            if key_record is None or _retired(key_record, now):  # its key was withdrawn or retired
                 del self._cache[token]
                 raise invalid_token()
             self._cache.move_to_end(token)
@@ -225,7 +226,15 @@ class TokenVerifier:
             record = self._keyring.verify_keys.get(kid)
         if record is None:
             raise _Reject("unknown kid")
+        if _retired(record, time.time()):
+            raise _Reject("key retired")
         return record
+
+
+def _retired(record: Any, now: float) -> bool:
+    """Past its verify window: the key set is only re-read when the file changes, so check at use."""
+    until = record.meta.verify_until
+    return until is not None and now >= until
 
 
 class _Reject(Exception):
