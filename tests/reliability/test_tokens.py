@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
-from test_oauth import SCOPE, claims_for, make_config, sign
 
 from cloudlayer.oauth.keys import rotate_keys
 from cloudlayer.oauth.service import BearerError, OAuthService
+from test_oauth import SCOPE, claims_for, make_config, sign
 
 
 def test_token_signed_by_a_retired_key_after_its_verify_window_is_refused(tmp_path: Path) -> None:
