@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,48 @@ def test_served_document_is_the_packaged_file(host: Host) -> None:
     assert resp.status_code == 200
     assert resp.headers["Content-Type"] == "application/json"
     assert resp.content == (PACKAGE / "openapi.json").read_bytes()
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    """One HTTP/1.1 response (Content-Length framed): its status line; b"" if the server closed first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return b""
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    length = next(
+        int(v) for k, _, v in (h.partition(b":") for h in head.split(b"\r\n")[1:]) if k.lower() == b"content-length"
+    )
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return head.split(b"\r\n")[0]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("POST", "/transaction/process", b"401"), ("PUT", "/transaction/process", b"405"), ("POST", "/nope", b"404")],
+)
+def test_answer_before_the_body_never_hangs_the_connection(host: Host, method: str, path: str, status: bytes) -> None:
+    """Found by schemathesis: answered before its body arrived (here: without a token), the connection was
+    neither closed nor reused, and the next request on it hung. Now the server closes it."""
+    port = int(host.url.rsplit(":", 1)[1])
+    body = json.dumps({"transactionId": "early-answer"}).encode()
+    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+    for _ in range(5):  # the hang needed the body and the next request to arrive in separate reads
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(head.encode() + b"\r\n\r\n")
+            assert status in _read_response(sock)  # answered from the headers alone
+            try:
+                sock.sendall(body)
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                after = _read_response(sock)
+            except (ConnectionResetError, BrokenPipeError):
+                after = b""
+            except TimeoutError:
+                pytest.fail("the connection hung after an answer sent before the request body")
+            assert after in (b"", b"HTTP/1.1 200 ")  # closed, or reused correctly
 
 
 # Built from the packaged file (the test above proves the server serves exactly it). schemathesis's lazy

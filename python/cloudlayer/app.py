@@ -8,8 +8,11 @@ group-commit writer, the acquirer link and the metrics sampler; they start befor
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 
 import structlog
+import trio
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent, Scope
 from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -21,6 +24,8 @@ from .observability.logging import bind_request_id
 from .services import Services
 
 log = structlog.get_logger(__name__)
+
+ASGIApp = Callable[[Scope, ASGIReceiveCallable, ASGISendCallable], Awaitable[None]]
 
 
 def create_app(cfg: Config) -> QuartTrio:
@@ -69,6 +74,29 @@ def create_app(cfg: Config) -> QuartTrio:
 
     services.register_routes(app)
     _register_error_handlers(app)
+    # Wrapping asgi_app is Quart's documented middleware hook; its stub types it as a bound method.
+    app.asgi_app = _shield_sends(app.asgi_app)  # type: ignore[method-assign,assignment]
+    return app
+
+
+def _shield_sends(inner: ASGIApp) -> ASGIApp:
+    """Shield each ASGI `send` from cancellation. Quart-Trio cancels the request's nursery as soon as
+    Hypercorn reports the disconnect, and Hypercorn reports it from inside the final `send` — which, when
+    the response went out before the request body was fully received (a 401/404/405/413/415 answered
+    without reading it), goes on to close the connection. Cancelled there, the connection was neither
+    closed nor recycled, and the client's next request on it hung until its timeout."""
+
+    async def app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        if scope["type"] != "http":
+            await inner(scope, receive, send)
+            return
+
+        async def shielded_send(message: ASGISendEvent) -> None:
+            with trio.CancelScope(shield=True):
+                await send(message)
+
+        await inner(scope, receive, shielded_send)
+
     return app
 
 
