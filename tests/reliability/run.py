@@ -16,7 +16,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: the harness modules
 
 from reliability.chaos import Chaos, ChaosPlan
-from reliability.scan import scan_bytes, scan_tree
+from reliability.scan import Hit, scan_bytes, scan_tree
 from reliability.soak import run_soak
 
 
@@ -24,6 +24,11 @@ def _table(title: str, row: dict[str, object]) -> str:
     lines = [f"\n### {title}\n", "| figure | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in row.items()]
     return "\n".join(lines)
+
+
+def _scan_all(work: Path, chaos_metrics: bytes, soak_metrics: bytes) -> tuple[list[Hit], int]:
+    hits = scan_tree(work) + scan_bytes(chaos_metrics, "chaos /metrics") + scan_bytes(soak_metrics, "soak /metrics")
+    return hits, sum(1 for p in work.rglob("*") if p.is_file())
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -35,9 +40,7 @@ async def main(args: argparse.Namespace) -> int:
         print("VIOLATION", v)
     soak = await run_soak(work / "soak", seconds=args.soak_seconds, rate=args.soak_rate)
     print(_table(f"Soak ({args.soak_seconds:.0f} s at {args.soak_rate:.0f} tx/s)", soak.table_row()), flush=True)
-    hits = scan_tree(work) + scan_bytes(chaos.metrics_text, "chaos /metrics")
-    hits += scan_bytes(soak.metrics_text, "soak /metrics")
-    files = sum(1 for p in work.rglob("*") if p.is_file())
+    hits, files = await trio.to_thread.run_sync(_scan_all, work, chaos.metrics_text, soak.metrics_text)
     print(_table("Card data", {"files scanned": files, "metrics pages": 2, "hits": len(hits)}))
     for h in hits[:20]:
         print("CARD DATA", h)
