@@ -184,6 +184,34 @@ BAD_INPUTS: list[tuple[str, bytes, dict[str, str], int, str | None]] = [
     ),
     ("content type", json.dumps(sample_purchase("bad-19")).encode(), {"Content-Type": "text/plain"}, 415, None),
     ("too large", json.dumps({**sample_purchase("bad-20"), "pad": "x" * 40_000}).encode(), {}, 413, None),
+    (
+        "newline id",
+        json.dumps({**sample_purchase("bad-22"), "terminalId": "TERM001\n"}).encode(),
+        {},
+        422,
+        "terminalId",
+    ),
+    (
+        "month 13",
+        json.dumps({**sample_purchase("bad-23"), "localDateTime": "2026-13-01T10:00:00"}).encode(),
+        {},
+        422,
+        "localDateTime",
+    ),
+    (
+        "date tail",
+        json.dumps({**sample_purchase("bad-24"), "localDateTime": "2026-11-01T10:00:00junk"}).encode(),
+        {},
+        422,
+        "localDateTime",
+    ),
+    (
+        "feb 30",
+        json.dumps({**sample_purchase("bad-25"), "localDateTime": "2026-02-30T10:00:00"}).encode(),
+        {},
+        422,
+        "localDateTime",
+    ),
     ("deep nesting", b'{"transactionId":"bad-21","x":' + b"[" * 5000 + b"]" * 5000 + b"}", {}, 400, None),
 ]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from datetime import datetime
 from typing import Final
 
 import msgspec
@@ -412,6 +413,17 @@ def _decode(body: bytes) -> TransactionRequest:
     except RecursionError:
         # msgspec bounds nesting (even inside unknown fields) by raising RecursionError.
         raise Problem(400, "malformed-json", "Malformed JSON", "request body is nested too deeply") from None
+    if req.local_date_time is not None:
+        try:
+            datetime.strptime(req.local_date_time[:19], "%Y-%m-%dT%H:%M:%S")
+        except ValueError:
+            raise Problem(
+                422,
+                "invalid-field",
+                "Invalid request field",
+                "localDateTime: not a real date and time",
+                field="localDateTime",
+            ) from None
     if req.transaction_type is not TransactionType.REVERSAL:
         if req.emv_data is None:
             raise Problem(

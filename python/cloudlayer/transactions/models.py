@@ -12,20 +12,24 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+# Patterns end with (?![\s\S]) rather than $: Python's $ also matches before a final newline, so
+# "TERM001\n" would pass; this lookahead means "end of string" alike in Python and in JSON Schema.
 # Identifiers Mypinpad sends: printable ASCII, no spaces, bounded.
-Identifier = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
+Identifier = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+(?![\s\S])")]
 # Field 4 is n12: at most 999,999,999,999 minor units; zero-amount purchases are not authorizations.
 Amount = Annotated[int, Meta(ge=1, le=999_999_999_999)]
-CurrencyCode = Annotated[str, Meta(pattern=r"^[0-9]{3}$")]
-MerchantId = Annotated[str, Meta(min_length=1, max_length=15, pattern=r"^[\x20-\x7e]+$")]
-TerminalId = Annotated[str, Meta(min_length=1, max_length=8, pattern=r"^[\x20-\x7e]+$")]
-PosEntryMode = Annotated[str, Meta(pattern=r"^[0-9]{2,3}$")]
+CurrencyCode = Annotated[str, Meta(pattern=r"^[0-9]{3}(?![\s\S])")]
+MerchantId = Annotated[str, Meta(min_length=1, max_length=15, pattern=r"^[\x20-\x7e]+(?![\s\S])")]
+TerminalId = Annotated[str, Meta(min_length=1, max_length=8, pattern=r"^[\x20-\x7e]+(?![\s\S])")]
+PosEntryMode = Annotated[str, Meta(pattern=r"^[0-9]{2,3}(?![\s\S])")]
 # Field 55 is at most 255 bytes in most dialects; we allow up to 1 KiB of ICC data (2,048 hex chars).
-EmvHex = Annotated[str, Meta(min_length=2, max_length=2048, pattern=r"^(?:[0-9A-Fa-f]{2})+$")]
+EmvHex = Annotated[str, Meta(min_length=2, max_length=2048, pattern=r"^(?:[0-9A-Fa-f]{2})+(?![\s\S])")]
 # ISO 9564 PIN blocks: 8 bytes (formats 0-3) or 16 bytes (format 4), hex.
-PinBlockHex = Annotated[str, Meta(pattern=r"^(?:[0-9A-Fa-f]{16}|[0-9A-Fa-f]{32})$")]
+PinBlockHex = Annotated[str, Meta(pattern=r"^(?:[0-9A-Fa-f]{16}|[0-9A-Fa-f]{32})(?![\s\S])")]
 # Local date and time at the terminal, ISO 8601 without zone: 2026-11-26T14:05:09.
-LocalDateTime = Annotated[str, Meta(pattern=r"^[0-9]{4}-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-5][0-9]")]
+LocalDateTime = Annotated[
+    str, Meta(pattern=r"^[0-9]{4}-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?(?![\s\S])")
+]
 
 
 class TransactionType(StrEnum):
