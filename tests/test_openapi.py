@@ -25,6 +25,7 @@ from schemathesis.specs.openapi.checks import (
 
 import cloudlayer
 from cloudlayer.http import openapi
+from cloudlayer.samples import sample_purchase
 from cloudlayer.transactions.route import SCOPE
 from txn_harness import Host, SimulatorProcess
 
@@ -54,7 +55,22 @@ def test_model_schemas_are_msgspecs_own() -> None:
     assert set(request["properties"]) >= {"transactionId", "transactionType", "amount", "emvData", "pinBlock"}
     assert "additionalProperties" not in request  # unknown fields are tolerated
     ref = DOC["paths"]["/transaction/process"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert ref == {"$ref": "#/components/schemas/TransactionRequest"}
+    assert ref["allOf"][0] == {"$ref": "#/components/schemas/TransactionRequest"}
+
+
+def test_cross_field_rules_are_in_the_document() -> None:
+    """The rules between fields (emvData for purchases and refunds, an original for reversals) are schema."""
+    import jsonschema_rs  # schemathesis brings it
+
+    body_schema = DOC["paths"]["/transaction/process"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    validator = jsonschema_rs.Draft202012Validator({**body_schema, "components": DOC["components"]})
+    purchase = sample_purchase("rules-1")
+    assert validator.is_valid(purchase)
+    assert not validator.is_valid({k: v for k, v in purchase.items() if k != "emvData"})
+    assert not validator.is_valid({**purchase, "originalTransactionId": "x"})
+    reversal = {**purchase, "transactionType": "REVERSAL"}
+    assert not validator.is_valid(reversal)
+    assert validator.is_valid({**reversal, "originalTransactionId": "rules-0"})
 
 
 def _raised_problem_slugs() -> set[str]:
