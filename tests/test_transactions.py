@@ -275,6 +275,11 @@ def test_reversal_reaches_the_acquirer_once(host: Host, token: str, simulator: S
     entry = simulator.entry(purchase["terminalId"], approved["stan"])
     assert entry["reversals"] == 1 and entry["reversed"] is True
     assert entry["reversal_messages"] == 1
+    # A second reversal of the same original under another id is refused and never sent.
+    second = post(host, token, {**reversal, "transactionId": "rev-2"})
+    assert second.status_code == 422 and second.json()["type"] == "/problems/original-already-reversed"
+    assert "rev-1" in second.json()["detail"]
+    assert simulator.entry(purchase["terminalId"], approved["stan"])["reversal_messages"] == 1
 
 
 def test_acquirer_timeout_reverses_and_declines_91(host: Host, token: str, simulator: SimulatorProcess) -> None:

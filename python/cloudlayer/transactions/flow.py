@@ -59,6 +59,8 @@ log = structlog.get_logger(__name__)
 # Declines we make ourselves when the issuer's answer is unknown or unreachable.
 ISSUER_UNAVAILABLE: Final = "91"
 _CLAIM_ATTEMPTS: Final = 4
+# Timeline event written on an original transaction once a reversal of it is approved.
+REVERSED_EVENT: Final = "reversed"
 
 # Test-only fault hook: SIGKILL ourselves at a named point, to prove crash recovery. Read once; inert
 # unless both variables are set (never in a real deployment).
@@ -296,6 +298,11 @@ class TransactionFlow:
             events=(*events, Event(time.time(), "completed", outcome)),
         )
         await self._store.complete(rec.client_id, rec.transaction_id, completion)
+        if approved and rec.transaction_type == TransactionType.REVERSAL.value and rec.original_transaction_id:
+            # Mark the original, so that a second reversal under another id is refused, not sent again.
+            await self._store.add_events(
+                rec.client_id, rec.original_transaction_id, Event(time.time(), REVERSED_EVENT, rec.transaction_id)
+            )
         _crash_point("after_completed")
         return Answer(
             transaction_id=rec.transaction_id,
@@ -344,6 +351,15 @@ class TransactionFlow:
                 "invalid-original",
                 "Invalid original transaction",
                 "originalTransactionId: a reversal cannot be reversed",
+                field="originalTransactionId",
+            )
+        reversed_by = next((e.detail for e in original.events if e.what == REVERSED_EVENT), None)
+        if reversed_by is not None:
+            raise Problem(
+                422,
+                "original-already-reversed",
+                "Original transaction already reversed",
+                f"originalTransactionId: already reversed by transactionId {reversed_by!r}",
                 field="originalTransactionId",
             )
         if not original.approved:
