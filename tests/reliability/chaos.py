@@ -31,7 +31,7 @@ from cloudlayer.store.types import State, TransactionRecord
 from .hosts import AttackedHost, SimulatorProcess
 
 APPROVED = frozenset({"00", "08", "10", "11"})
-ACTIONS = ("kill_worker", "stall", "kill_host", "link_cut", "drop")
+ACTIONS = ("kill_worker", "link_cut", "kill_host", "stall", "drop")
 # Amounts and what the simulator does with them: approve, decline 05/51, never answer (-> our timeout).
 AMOUNTS = ((1000, 0.80), (1005, 0.08), (1051, 0.08), (9999, 0.04))
 

@@ -69,7 +69,15 @@ class AttackedHost(Host):
             return []
 
     def workers(self) -> list[psutil.Process]:
-        return self.processes()[1:]
+        """The Hypercorn workers (spawned children), not multiprocessing's resource tracker."""
+        found = []
+        for p in self.processes()[1:]:
+            try:
+                if any("spawn_main" in part for part in p.cmdline()):
+                    found.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        return found
 
     def kill_random_worker(self, rng: random.Random) -> bool:
         """SIGKILL one worker; the supervisor then stops the host (and we restart it). False if none."""

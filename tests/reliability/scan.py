@@ -1,8 +1,9 @@
 """The card-data scan: any Luhn-valid PAN or track-2 data of the test cards in logs, files, LMDB, metrics.
 
 Two detectors, because a PAN hides in two ways:
-  - generic: a Luhn-valid run of 13-19 digits standing alone (not glued to letters or digits, so hex
-    strings and UUIDs do not fire), in text or in the printable runs of binary files;
+  - generic: a Luhn-valid run of 13-19 digits standing alone (not glued to letters, digits or '.', so hex
+    strings, UUIDs and float digits do not fire), in text (logs, /metrics); LMDB records are covered by the
+    store integrity scan, which checks each record's own bytes;
   - specific: the test cards' PANs anywhere, in ASCII (hex EMV data holds them as ASCII digits too) and in
     BCD bytes (tag 5A, field 2 packed), and their track-2 data (PAN + 'D' or '=' separator) in ASCII and BCD.
 """
@@ -51,6 +52,10 @@ NEEDLES = _needles()
 
 def scan_bytes(data: bytes, where: str) -> list[Hit]:
     hits = [Hit(where, what, data.find(needle)) for what, needle in NEEDLES if needle in data]
+    if b"\0" in data[:8192]:
+        # Binary (LMDB pages): digit runs meet stray page bytes at random (an RRN glued to a leftover digit),
+        # so only the test-card needles apply here; the integrity scan checks each record's own bytes.
+        return hits
     for m in _STANDALONE.finditer(data):
         if luhn_valid(m.group()):
             hits.append(Hit(where, f"Luhn-valid {len(m.group())}-digit run", m.start()))

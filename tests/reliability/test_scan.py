@@ -28,6 +28,7 @@ def test_scan_finds_the_test_card_in_every_encoding() -> None:
     ):
         assert scan_bytes(blob, "x"), blob
     assert [h.what for h in scan_bytes(b"card 4111111111111111 ok", "x")] == ["Luhn-valid 16-digit run"]
+    assert scan_bytes(b"\0binary rrn=6330000014980\0", "data.mdb") == []  # an RRN glued to a stray page byte
     assert scan_bytes(b"id=9f1e4111111111111111ab t=0.411111111111111 rrn=633000000001", "x") == []
 
 
