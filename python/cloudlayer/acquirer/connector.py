@@ -24,7 +24,7 @@ from . import spec
 from .backoff import backoff_delay
 from .codec import FrameError, FrameReader, Framing, Message, decode, encode
 from .messages import build_request, network_request, parse_response, request_mti, reversal_for
-from .saf import SafItem, SafQueue, owner_id
+from .saf import DONE_RETENTION, SafItem, SafQueue, entry_key, owner_id
 from .types import AcquirerRequest, AcquirerResponse, AcquirerUnavailable, MessageKind, OutcomeUnknown
 
 log = structlog.get_logger(__name__)
@@ -161,6 +161,10 @@ class Iso8583Connector:
         if reply.get("39") == spec.UNABLE_TO_LOCATE:
             return None
         return parse_response(reply)
+
+    async def reversal_recorded(self, request: AcquirerRequest) -> bool:
+        reversal = reversal_for(request, self._cfg.purchase_mti, self._cfg.acquirer_institution_id)
+        return bool(await trio.to_thread.run_sync(self._saf.known, entry_key(reversal)))
 
     async def queue_reversal(self, request: AcquirerRequest, reason: str) -> None:
         reversal = reversal_for(request, self._cfg.purchase_mti, self._cfg.acquirer_institution_id)
@@ -390,8 +394,12 @@ class Iso8583Connector:
 
     async def _saf_loop(self) -> None:
         lease = self._cfg.timeout * 2 + 5.0
+        next_purge = 0.0
         while True:
             self._saf_wakeup = trio.Event()
+            if time.time() >= next_purge:
+                await trio.to_thread.run_sync(self._saf.purge_done, time.time() - DONE_RETENTION)
+                next_purge = time.time() + 3600.0
             if self.ready:
                 items = await trio.to_thread.run_sync(self._saf.claim_due, self._owner, lease)
                 if items:

@@ -1,7 +1,9 @@
 """The store-and-forward queue of reversals: durable (LMDB, fsync on commit), sealed, shareable by processes.
 
 One entry per reversed transaction, keyed by terminal + STAN + original MTI + original field 7, so queuing
-the same reversal twice is a no-op. The reversal request (it holds the PAN) is stored only sealed
+the same reversal twice is a no-op. An acknowledged reversal leaves a tombstone (key and time, no card data)
+for DONE_RETENTION, so that crash recovery can still tell that a transaction was reversed.
+The reversal request (it holds the PAN) is stored only sealed
 (AES-GCM, the key as associated data). Several worker processes may open the same file: a worker *leases*
 due entries in a write transaction (LMDB serialises writers across processes), so each entry is in flight
 from one worker at a time; a crashed worker's lease simply expires.
@@ -24,6 +26,8 @@ from ..sealing import Sealer, SealError
 from .types import AcquirerRequest, MessageKind
 
 _MAP_SIZE = 64 * 1024 * 1024
+# How long an acknowledged reversal is remembered: far longer than any resubmission of its transaction.
+DONE_RETENTION = 30 * 86400.0
 
 
 class SafEntry(msgspec.Struct, kw_only=True):
@@ -64,7 +68,7 @@ def _open_env(path: Path) -> Any:
         env, refs = _envs.get(real, (None, 0))
         if env is None:
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
-            env = lmdb.open(real, map_size=_MAP_SIZE, subdir=True, sync=True, max_dbs=0)
+            env = lmdb.open(real, map_size=_MAP_SIZE, subdir=True, sync=True, max_dbs=2)
         _envs[real] = (env, refs + 1)
         return env
 
@@ -91,6 +95,8 @@ class SafQueue:
         self.path = path
         self._sealer = sealer
         self._env = _open_env(path)
+        self._pending = self._env.open_db(b"pending")  # reversals still to deliver (sealed)
+        self._done = self._env.open_db(b"done")  # acknowledged: key -> time, nothing else
         self._closed = False
 
     def close(self) -> None:
@@ -114,14 +120,16 @@ class SafQueue:
             original_mti=request.original.mti,
         )
         with self._env.begin(write=True) as txn:
-            return bool(txn.put(key, _encoder.encode(entry), overwrite=False))
+            if txn.get(key, db=self._done) is not None:
+                return False  # already reversed and acknowledged
+            return bool(txn.put(key, _encoder.encode(entry), overwrite=False, db=self._pending))
 
     def claim_due(self, owner: str, lease_seconds: float, limit: int = 32) -> list[SafItem]:
         """Lease up to `limit` due, unleased entries to `owner`; they come back with their requests opened."""
         now = time.time()
         items: list[SafItem] = []
         with self._env.begin(write=True) as txn:
-            for key, raw in list(txn.cursor()):  # snapshot: we write while walking
+            for key, raw in list(txn.cursor(db=self._pending)):  # snapshot: we write while walking
                 if len(items) >= limit:
                     break
                 entry = _entry_decoder.decode(raw)
@@ -133,18 +141,18 @@ class SafQueue:
                     # Wrong key or damage: leave it for an operator (`saf list`), never drop a reversal silently.
                     entry.last_error = "cannot open sealed entry"
                     entry.next_attempt = now + 3600
-                    txn.put(key, _encoder.encode(entry))
+                    txn.put(key, _encoder.encode(entry), db=self._pending)
                     continue
                 entry.lease_owner = owner
                 entry.lease_until = now + lease_seconds
-                txn.put(key, _encoder.encode(entry))
+                txn.put(key, _encoder.encode(entry), db=self._pending)
                 items.append(SafItem(bytes(key), request, entry.attempts))
         return items
 
     def release(self, key: bytes, owner: str, retry_in: float, error: str) -> None:
         """Give a leased entry back after a failed attempt, due again in `retry_in` seconds."""
         with self._env.begin(write=True) as txn:
-            raw = txn.get(key)
+            raw = txn.get(key, db=self._pending)
             if raw is None:
                 return
             entry = _entry_decoder.decode(raw)
@@ -154,27 +162,44 @@ class SafQueue:
             entry.lease_owner = ""
             entry.lease_until = 0.0
             entry.last_error = error
-            txn.put(key, _encoder.encode(entry))
+            txn.put(key, _encoder.encode(entry), db=self._pending)
 
     def delete(self, key: bytes) -> None:
-        """The acquirer acknowledged the reversal (0410): erase the entry and its sealed card data."""
+        """The acquirer acknowledged the reversal (0410): erase the entry and its sealed card data, keep a
+        tombstone."""
         with self._env.begin(write=True) as txn:
-            txn.delete(key)
+            txn.delete(key, db=self._pending)
+            txn.put(key, _encoder.encode(time.time()), db=self._done)
+
+    def known(self, key: bytes) -> bool:
+        """Whether this reversal was ever queued (still pending, or acknowledged within DONE_RETENTION)."""
+        with self._env.begin() as txn:
+            return txn.get(key, db=self._pending) is not None or txn.get(key, db=self._done) is not None
+
+    def purge_done(self, older_than: float) -> int:
+        """Forget tombstones of reversals acknowledged before `older_than` (unix time)."""
+        n = 0
+        with self._env.begin(write=True) as txn:
+            for key, raw in list(txn.cursor(db=self._done)):
+                if msgspec.msgpack.decode(raw, type=float) < older_than:
+                    txn.delete(key, db=self._done)
+                    n += 1
+        return n
 
     def record_attempt(self, key: bytes, owner: str) -> None:
         """Count a send before making it, so the next one is a repeat (0401) even if this process dies."""
         with self._env.begin(write=True) as txn:
-            raw = txn.get(key)
+            raw = txn.get(key, db=self._pending)
             if raw is None:
                 return
             entry = _entry_decoder.decode(raw)
             if entry.lease_owner == owner:
                 entry.attempts += 1
-                txn.put(key, _encoder.encode(entry))
+                txn.put(key, _encoder.encode(entry), db=self._pending)
 
     def entries(self) -> list[tuple[bytes, SafEntry]]:
         with self._env.begin() as txn:
-            return [(bytes(k), _entry_decoder.decode(v)) for k, v in txn.cursor()]
+            return [(bytes(k), _entry_decoder.decode(v)) for k, v in txn.cursor(db=self._pending)]
 
     def next_due(self) -> float | None:
         """Wall-clock time the earliest entry becomes due (None if empty)."""
@@ -185,17 +210,17 @@ class SafQueue:
         """Operator `saf retry`: every unleased entry is due now."""
         n = 0
         with self._env.begin(write=True) as txn:
-            for key, raw in list(txn.cursor()):
+            for key, raw in list(txn.cursor(db=self._pending)):
                 entry = _entry_decoder.decode(raw)
                 if entry.next_attempt > 0:
                     entry.next_attempt = 0.0
-                    txn.put(key, _encoder.encode(entry))
+                    txn.put(key, _encoder.encode(entry), db=self._pending)
                     n += 1
         return n
 
     def __len__(self) -> int:
         with self._env.begin() as txn:
-            return int(txn.stat()["entries"])
+            return int(txn.stat(self._pending)["entries"])
 
 
 def owner_id() -> str:

@@ -91,6 +91,11 @@ class Connector(Protocol):
         Raises AcquirerUnavailable / OutcomeUnknown as `send` does (without queuing anything)."""
         ...
 
+    async def reversal_recorded(self, request: AcquirerRequest) -> bool:
+        """Whether a reversal of `request` was ever queued (pending, or acknowledged): crash recovery must not
+        trust an inquiry's approval for a transaction we already reversed."""
+        ...
+
     async def queue_reversal(self, request: AcquirerRequest, reason: str) -> None:
         """Durably queue a reversal (0400, field 90 from `request`) of a message whose outcome is unknown,
         to be retried until the acquirer acknowledges it (0410)."""

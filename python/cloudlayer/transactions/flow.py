@@ -225,6 +225,15 @@ class TransactionFlow:
         acq_req = self._unseal(rec)
         log.warning("recovering_orphan", transaction_id=rec.transaction_id, stan=rec.stan, dead_owner=rec.owner)
         t0 = trio.current_time()
+        if await self._connector.reversal_recorded(acq_req):
+            # The dead owner timed out and reversed it before dying: that is the outcome, whatever an
+            # inquiry would say about the original authorization.
+            if acq_req.kind is MessageKind.REVERSAL:
+                resp, outcome = AcquirerResponse(response_code="00"), "reversal-stored-for-forwarding"
+            else:
+                resp, outcome = _our_decline(), "timeout-reversed"
+            events = (Event(time.time(), "recovered", outcome),)
+            return await self._finish(rec, resp, outcome, events, trio.current_time() - t0)
         try:
             found = await self._connector.inquire(acq_req)
         except (AcquirerUnavailable, OutcomeUnknown) as e:
