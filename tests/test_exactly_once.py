@@ -95,8 +95,9 @@ def test_sigkill_at_each_dangerous_point_then_resubmit(
         token = host.token()
         with pytest.raises(httpx.TransportError):
             httpx.post(host.url + "/transaction/process", content=body, headers=headers(token), timeout=30)
-        assert host.wait_exit() != 0  # the worker died, so the host stopped
-        host.start()  # same store, same SAF, no fault hook
+        host.wait_replaced_worker()  # the worker died; the supervisor replaced it and serves on
+        host.stop()
+        host.start()  # a full restart: same store, same SAF, no fault hook
         token = host.token()
         first = httpx.post(host.url + "/transaction/process", content=body, headers=headers(token), timeout=30)
         assert first.status_code == 200, first.text

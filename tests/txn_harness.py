@@ -153,6 +153,21 @@ class Host:
         resp.raise_for_status()
         return str(resp.json()["access_token"])
 
+    def wait_replaced_worker(self, timeout: float = 30) -> None:
+        """After a worker died: the supervisor stays up, replaces it, and the host is ready again."""
+        assert self.server is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.server.proc.poll() is None, "the host stopped instead of replacing its worker"
+            if "worker_replaced" in self.log_text():
+                try:
+                    if httpx.get(self.url + "/readyz", timeout=5).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+            time.sleep(0.05)
+        raise AssertionError("the dead worker was not replaced")
+
     def wait_exit(self, timeout: float = 30) -> int:
         assert self.server is not None
         return self.server.wait(timeout)

@@ -30,7 +30,7 @@ from hypercorn.config import Sockets
 from hypercorn.trio.run import trio_worker
 from hypercorn.utils import repr_socket_addr
 
-from . import devmode
+from . import devmode, hypercorn_fixes
 from .acquirer.simulator_config import SimulatorConfig
 from .config import Config, ConfigError, LoggingConfig
 from .observability import metrics
@@ -44,6 +44,10 @@ APPLICATION_PATH = "cloudlayer.asgi:app"
 LIFESPAN_SHUTDOWN_TIMEOUT = 10.0
 # A TLS handshake that takes longer than this is an attack or a broken client, not a slow network.
 SSL_HANDSHAKE_TIMEOUT = 10.0
+# A worker that dies is replaced; more than CRASH_LOOP_DEATHS deaths within CRASH_LOOP_WINDOW seconds stop
+# the host instead (exit 1), so that a service manager sees a host that cannot run.
+CRASH_LOOP_DEATHS = 5
+CRASH_LOOP_WINDOW = 60.0
 LISTEN_BACKLOG = 1024
 # TLS 1.2 suites: forward secrecy and AEAD only (TLS 1.3 suites are fixed by OpenSSL and all fine).
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
@@ -185,6 +189,7 @@ def _worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging(logging_cfg)
+    hypercorn_fixes.apply()
     metrics.WORKERS.inc()
     trio_worker(config, sockets, shutdown_event)
 
@@ -201,24 +206,29 @@ class _Supervisor:
         self.forced = False
         self.failed = False
         self.stop_requested = trio.Event()
+        self.deaths: list[float] = []  # trio clock times of recent unexpected worker exits
 
     def spawn_workers(self) -> None:
+        for _ in range(self.hc.workers):
+            self.spawn_one()
+
+    def spawn_one(self) -> BaseProcess:
         # Ignored dispositions survive exec: a worker cannot be killed by a signal before it ignores it.
         previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            for _ in range(self.hc.workers):
-                process = self.ctx.Process(
-                    target=_worker_main,
-                    kwargs={
-                        "config": self.hc,
-                        "sockets": self.sockets,
-                        "shutdown_event": self.shutdown_event,
-                        "logging_cfg": self.cfg.logging,
-                    },
-                    daemon=True,
-                )
-                process.start()
-                self.processes.append(process)
+            process = self.ctx.Process(
+                target=_worker_main,
+                kwargs={
+                    "config": self.hc,
+                    "sockets": self.sockets,
+                    "shutdown_event": self.shutdown_event,
+                    "logging_cfg": self.cfg.logging,
+                },
+                daemon=True,
+            )
+            process.start()
+            self.processes.append(process)
+            return process
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -237,15 +247,26 @@ class _Supervisor:
             if process.exitcode is None:
                 process.kill()
 
-    async def watch(self, process: BaseProcess) -> None:
+    async def watch(self, process: BaseProcess, nursery: trio.Nursery) -> None:
+        """Reap a worker; one that dies while we serve is replaced, unless workers die in a loop."""
         await trio.lowlevel.wait_readable(process.sentinel)
         process.join()
         if process.pid is not None:
             metrics.mark_worker_dead(process.pid)
-        if not self.stopping:
+        self.processes.remove(process)
+        if self.stopping:
+            return
+        log.error("worker_exited", pid=process.pid, exitcode=process.exitcode)
+        now = trio.current_time()
+        self.deaths = [t for t in self.deaths if now - t < CRASH_LOOP_WINDOW] + [now]
+        if len(self.deaths) > CRASH_LOOP_DEATHS:
             self.failed = True
-            log.error("worker_exited", pid=process.pid, exitcode=process.exitcode)
-            self.begin_stop("a worker exited")
+            self.begin_stop(f"workers keep dying ({len(self.deaths)} in {CRASH_LOOP_WINDOW:.0f} s)")
+            return
+        # The store recovers what the dead worker left PENDING (its owner id is now dead); serve on.
+        replacement = self.spawn_one()
+        log.warning("worker_replaced", dead_pid=process.pid, pid=replacement.pid)
+        nursery.start_soon(self.watch, replacement, nursery)
 
     async def handle_signals(self, signals: AsyncIterator[int]) -> None:
         async for signum in signals:
@@ -279,8 +300,8 @@ async def _supervise(cfg: Config, hc: HypercornConfig, sockets: Sockets, sim_cfg
                 watchers.start_soon(sup.handle_signals, signals)
                 watchers.start_soon(sup.enforce_deadline)
                 async with trio.open_nursery() as workers:
-                    for process in sup.processes:
-                        workers.start_soon(sup.watch, process)
+                    for process in list(sup.processes):
+                        workers.start_soon(sup.watch, process, workers)
                 # Every worker has exited: the signal and deadline watchers have nothing left to do.
                 watchers.cancel_scope.cancel()
         services.cancel_scope.cancel()

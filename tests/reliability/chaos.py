@@ -203,7 +203,8 @@ class Chaos:
         if action == "kill_worker":
             if await trio.to_thread.run_sync(self.host.kill_random_worker, self.rng):
                 self.figures.worker_kills += 1
-            await self._restart()
+            if not self.host.running():  # the supervisor gave up (crash loop): restart it
+                await self._restart()
         elif action == "kill_host":
             await trio.to_thread.run_sync(self.host.kill_all)
             self.figures.host_kills += 1

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,7 @@ class AttackedHost(Host):
         return found
 
     def kill_random_worker(self, rng: random.Random) -> bool:
-        """SIGKILL one worker; the supervisor then stops the host (and we restart it). False if none."""
+        """SIGKILL one worker; the supervisor replaces it and the host serves on. False if none."""
         workers = self.workers()
         if not workers:
             return False
@@ -89,13 +90,17 @@ class AttackedHost(Host):
             victim.send_signal(signal.SIGKILL)
         except psutil.NoSuchProcess:
             return False
-        try:
-            assert self.server is not None
-            self.server.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.kill_all()
-        self._reap_orphans(workers)
+        self._reap_orphans([victim])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            alive = [w for w in self.workers() if w.pid != victim.pid]
+            if len(alive) >= len(workers) or self.server is None or self.server.proc.poll() is not None:
+                break
+            time.sleep(0.05)
         return True
+
+    def running(self) -> bool:
+        return self.server is not None and self.server.proc.poll() is None
 
     def kill_all(self) -> None:
         """The whole host dies at once (power cut): SIGKILL the supervisor and every worker."""
