@@ -160,6 +160,7 @@ class Chaos:
         self.host: AttackedHost | None = None
         self.admin = httpx.AsyncClient(timeout=10)
         self.metrics_text = b""  # /metrics after the run, for the card-data scan
+        self.first_round_done = False  # every chaos action has run at least once
 
     # ---- load ----------------------------------------------------------------------------------------
 
@@ -169,7 +170,9 @@ class Chaos:
         mpp = Mypinpad(self.host, self.figures, timeout=self.plan.acquirer_timeout * 2 + 8)
         try:
             n = 0
-            while trio.current_time() < stop_at:
+            # Load goes on until the time is up AND every chaos action has run once (a slow machine must not
+            # make the run end before the host kills it promised).
+            while trio.current_time() < stop_at or not self.first_round_done:
                 n += 1
                 tid = f"chaos-{index}-{n}"
                 body = json.dumps(sample_purchase(tid, amount=_amount(rng))).encode()
@@ -225,13 +228,15 @@ class Chaos:
         order = list(ACTIONS)
         while True:
             pause = self.rng.uniform(self.plan.interval * 0.5, self.plan.interval * 1.5)
-            if trio.current_time() + pause >= stop_at:
+            if self.first_round_done and trio.current_time() + pause >= stop_at:
                 return
             await trio.sleep(pause)
             if not order:
                 order = list(ACTIONS)
                 self.rng.shuffle(order)
             await self._act(order.pop(0))
+            if not order:
+                self.first_round_done = True
 
     async def _faults_off(self) -> None:
         await self._faults(
