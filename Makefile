@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deps-installed
 CONFIG ?= configs/dev.toml
 
-.PHONY: run test install native lint typecheck rust-test py-test wheel-check bench reliability clean
+.PHONY: run test install native lint typecheck rust-test py-test wheel-check bench reliability fuzz clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,21 @@ wheel-check: $(STAMP)
 # Load and micro benchmarks, baselines side by side (bench/README.md); BENCH_ARGS="--quick" for a short run.
 bench: native
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# The long forms of the reliability suite (chaos, soak, card-data scan; the short forms run in `make test`),
+# then the EMV fuzzer for a bounded time when a nightly toolchain is there (cargo-fuzz needs it). New
+# corpus entries go to a temporary directory; a crasher lands in fuzz/artifacts/ (keep it in fuzz/regressions/).
+reliability: native
+	$(PY) tests/reliability/run.py $(RELIABILITY_ARGS)
+	$(MAKE) fuzz
+
+FUZZ_SECONDS ?= 60
+fuzz:
+	@if rustup toolchain list 2>/dev/null | grep -q nightly; then \
+	  command -v cargo-fuzz >/dev/null || cargo install -q cargo-fuzz; \
+	  work=$$(mktemp -d) && cd fuzz && cargo +nightly fuzz run tlv $$work corpus/tlv -- \
+	    -max_total_time=$(FUZZ_SECONDS) -max_len=512; rc=$$?; rm -rf $$work; exit $$rc; \
+	else echo "fuzz: no nightly toolchain here; the corpus and regressions still run in make test"; fi
 
 clean:
 	rm -rf target dist $(VENV) var .pytest_cache .mypy_cache .ruff_cache
