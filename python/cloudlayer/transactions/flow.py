@@ -440,7 +440,7 @@ def _decode(body: bytes) -> TransactionRequest:
         raise Problem(400, "malformed-json", "Malformed JSON", "request body is nested too deeply") from None
     if req.local_date_time is not None:
         try:
-            datetime.strptime(req.local_date_time[:19], "%Y-%m-%dT%H:%M:%S")
+            datetime.fromisoformat(req.local_date_time[:19])  # the pattern fixed the shape; is it a real date?
         except ValueError:
             raise Problem(
                 422,
