@@ -29,9 +29,9 @@ def free_port() -> int:
 class SimulatorProcess:
     """`cloudlayer simulator` with zero latency (unless told otherwise) and its admin port."""
 
-    def __init__(self, workdir: Path, *, latency_ms: int = 0) -> None:
+    def __init__(self, workdir: Path, *, latency_ms: int = 0, port: int | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         self.admin_port = free_port()
         base = (REPO / "configs" / "simulator.toml").read_text()
         base = base.replace('admin_bind = "127.0.0.1:9584"', f'admin_bind = "127.0.0.1:{self.admin_port}"')
