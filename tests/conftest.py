@@ -170,3 +170,25 @@ def server_processes() -> Iterator[list[ServerProcess]]:
     yield started
     for server in started:
         server.stop()
+
+
+# --- card data: the whole suite's traffic ---------------------------------------------------------------
+
+# A test that writes card data on purpose (to prove a scanner or a redaction finds it) puts a file with this
+# name in its directory; everything else the suite leaves behind must hold none.
+PLANTED_CARD_DATA = "PLANTED_CARD_DATA"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_card_data_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After every test has run: every log line of every host, simulator and CLI run, every file under every
+    var/ (LMDB stores, SAF queues, keys) and everything else the suite wrote holds no test-card PAN or track
+    data (ASCII, BCD, hex) and, in text, no Luhn-valid card number."""
+    yield
+    from reliability.scan import scan_files
+
+    root = tmp_path_factory.getbasetemp()
+    planted = {p.parent for p in root.rglob(PLANTED_CARD_DATA)}
+    files = [p for p in root.rglob("*") if p.is_file() and not any(d in p.parents for d in planted)]
+    hits = scan_files(files)
+    assert not hits, f"card data left behind by the suite: {hits[:10]}"

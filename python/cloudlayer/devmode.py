@@ -54,7 +54,7 @@ def dev_client_banner(cfg: Config, base_url: str) -> str:
         return ""
     client_id, secret = creds
     insecure = " -k" if cfg.server.tls and not cfg.server.certfile else ""
-    body = sample_purchase_json().decode()
+    body = sample_purchase_json(printable=True).decode()
     token_cmd = (
         f"TOKEN=$(curl -s{insecure} {base_url}/oauth/token -d grant_type=client_credentials "
         f"-d client_id={client_id} -d client_secret={secret} | python3 -c 'import json,sys; "

@@ -37,12 +37,18 @@ SAMPLE_EMV_HEX = (
 )
 
 
+# The same field 55 without the card's identity (5A PAN, 57 track 2, 5F24 expiry, 5F34 sequence): what we
+# print (the dev banner's curl example), since no log may carry a PAN or track data, test cards included.
+SAMPLE_EMV_HEX_PRINTABLE = SAMPLE_EMV_HEX.split("5A08")[0]
+
+
 def sample_purchase(
     transaction_id: str | None = None,
     *,
     amount: int = 1000,
     terminal_id: str = "TERM0001",
     merchant_id: str = "MERCHANT0000001",
+    printable: bool = False,
 ) -> dict[str, object]:
     """A PURCHASE request body as Mypinpad sends it (amounts ending in 00 are approved by the simulator)."""
     return {
@@ -53,10 +59,10 @@ def sample_purchase(
         "merchantId": merchant_id,
         "terminalId": terminal_id,
         "posEntryMode": "071",
-        "emvData": SAMPLE_EMV_HEX,
+        "emvData": SAMPLE_EMV_HEX_PRINTABLE if printable else SAMPLE_EMV_HEX,
         "localDateTime": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
 
-def sample_purchase_json(transaction_id: str | None = None, **kw: object) -> bytes:
-    return msgspec.json.encode(sample_purchase(transaction_id, **kw))  # type: ignore[arg-type]
+def sample_purchase_json(transaction_id: str | None = None, *, printable: bool = False) -> bytes:
+    return msgspec.json.encode(sample_purchase(transaction_id, printable=printable))
