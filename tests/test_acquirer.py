@@ -206,9 +206,10 @@ async def test_dropped_answer_fault(tmp_path: Path) -> None:
         assert connector.ready
 
 
-async def test_four_ascii_digit_length_prefix(tmp_path: Path) -> None:
-    async with running_simulator(sim_config(length_prefix="4A")) as sim:
-        async with running_connector(sim.port, tmp_path / "saf", acquirer_config(length_prefix="4A")) as connector:
+@pytest.mark.parametrize("prefix", ["4A", "4B"])
+async def test_other_length_prefixes(tmp_path: Path, prefix: str) -> None:
+    async with running_simulator(sim_config(length_prefix=prefix)) as sim:
+        async with running_connector(sim.port, tmp_path / "saf", acquirer_config(length_prefix=prefix)) as connector:
             assert (await connector.send(request(71, 1005))).response_code == "05"
 
 

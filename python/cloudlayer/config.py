@@ -97,7 +97,7 @@ class AcquirerConfig(_Section):
     timeout: float = 10.0
     connect_timeout: float = 5.0
     max_in_flight: int = 1024
-    length_prefix: Literal["2B", "4A", "2A"] = "2B"
+    length_prefix: Literal["2B", "4B", "4A"] = "2B"
     purchase_mti: Literal["0100", "0200"] = "0200"
     echo_interval: float = 30.0
     reconnect_min: float = 0.1

@@ -9,7 +9,7 @@ import trio
 
 from .spec import MAX_FRAME, SPEC
 
-LengthPrefix = Literal["2B", "4A", "2A"]
+LengthPrefix = Literal["2B", "4B", "4A"]
 Message = dict[str, str]
 
 
@@ -28,7 +28,7 @@ def masked_prefix(frame: bytes) -> str:
 
 
 class Framing:
-    """Length prefix codec: 2B = 2-byte big-endian binary, 4A / 2A = ASCII decimal digits."""
+    """Length prefix codec: 2B / 4B = 2- or 4-byte big-endian binary, 4A = 4 ASCII decimal digits."""
 
     def __init__(self, prefix: LengthPrefix) -> None:
         self.width: Final = int(prefix[0])

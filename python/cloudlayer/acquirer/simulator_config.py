@@ -32,7 +32,7 @@ class FaultConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class SimulatorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    length_prefix: Literal["2B", "4A", "2A"] = "2B"
+    length_prefix: Literal["2B", "4B", "4A"] = "2B"
     # Loopback HTTP/JSON admin port (GET /ledger, GET|POST /faults); "" disables it, port 0 picks one.
     admin_bind: str = "127.0.0.1:0"
     default_response: str = "00"
