@@ -44,6 +44,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     lst.add_argument("--json", action="store_true", help="JSON output")
     lst.set_defaults(func=_cmd_list)
 
+    check = tsub.add_parser(
+        "check", parents=[common], help="integrity scan: records decode, indexes agree, no card data, no orphans"
+    )
+    check.add_argument("--pending-max-age", type=float, default=60.0, help="seconds before a PENDING counts as stuck")
+    check.set_defaults(func=_cmd_check)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .integrity import main as integrity_main
+
+    argv = ["--pending-max-age", str(args.pending_max_age)]
+    return integrity_main([*argv, "--config", args.config] if getattr(args, "config", None) else argv)
+
 
 def parse_since(text: str, now: float | None = None) -> float:
     """Unix time from an ISO 8601 time (naive means UTC) or a duration ago; ValueError otherwise."""

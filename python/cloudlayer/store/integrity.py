@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..config import load_config
 
     parser = argparse.ArgumentParser(prog="python -m cloudlayer.store.integrity", description=__doc__)
-    parser.add_argument("--config", required=True)
+    parser.add_argument("--config", help="TOML config file (default: built-in defaults)")
     parser.add_argument("--pending-max-age", type=float, default=60.0)
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
