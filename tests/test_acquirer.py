@@ -230,3 +230,17 @@ async def test_saf_lease_gives_each_entry_to_one_worker(tmp_path: Path) -> None:
     finally:
         a.close()
         b.close()
+
+
+async def test_idle_link_sends_echoes_and_a_dead_echo_drops_the_link(tmp_path: Path) -> None:
+    async with running_simulator() as sim:
+        cfg = acquirer_config(echo_interval=0.2, timeout=0.5, reconnect_min=0.05, reconnect_max=0.1)
+        async with running_connector(sim.port, tmp_path / "saf", cfg) as connector:
+            before = sim.ledger.messages
+            await wait_until(lambda: sim.ledger.messages >= before + 3, within=5.0)  # 0800 echoes while idle
+            assert connector.ready
+            sim.set_faults({"drop_answers": True})  # echoes go unanswered: the link is dropped, then rebuilt
+            await wait_until(lambda: not connector.ready, within=5.0)
+            sim.set_faults({"drop_answers": False})
+            await wait_until(lambda: connector.ready, within=5.0)
+            assert (await connector.send(request(81))).response_code == "00"
