@@ -192,3 +192,14 @@ def no_card_data_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterat
     files = [p for p in root.rglob("*") if p.is_file() and not any(d in p.parents for d in planted)]
     hits = scan_files(files)
     assert not hits, f"card data left behind by the suite: {hits[:10]}"
+
+
+@pytest.fixture
+def simulator(tmp_path: Path) -> Iterator[Any]:
+    """A fresh `cloudlayer simulator` subprocess (zero latency) for one test; modules that share one across
+    their tests define their own module-scoped `simulator`."""
+    from txn_harness import SimulatorProcess
+
+    sim = SimulatorProcess(tmp_path / "sim")
+    yield sim
+    sim.stop()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -14,13 +13,6 @@ import pytest
 from txn_harness import Host, SimulatorProcess
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def simulator(tmp_path: Path) -> Iterator[SimulatorProcess]:
-    sim = SimulatorProcess(tmp_path / "sim")
-    yield sim
-    sim.stop()
 
 
 def workers(host: Host) -> list[psutil.Process]:

@@ -6,7 +6,6 @@ import json
 import socket
 import struct
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,13 +16,6 @@ from reliability.hostile_http import raw_exchange
 from reliability.hosts import AttackedHost, SimulatorProcess
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def simulator(tmp_path: Path) -> Iterator[SimulatorProcess]:
-    sim = SimulatorProcess(tmp_path / "sim")
-    yield sim
-    sim.stop()
 
 
 def test_simulator_survives_a_peer_reset_mid_frame(simulator: SimulatorProcess) -> None:
