@@ -87,3 +87,37 @@ def test_readyz_follows_the_acquirer_link(tmp_path: Path) -> None:
     finally:
         host.stop()
         simulator.stop()
+
+
+def test_client_hanging_up_mid_transaction_cannot_cancel_it(tmp_path: Path) -> None:
+    """Mypinpad gives up while we wait on the acquirer: the transaction still completes and is stored, and the
+    resubmission gets that answer (no second authorization, no request stuck PENDING)."""
+    import socket
+
+    simulator = SimulatorProcess(tmp_path / "sim", latency_ms=800)
+    host = Host(tmp_path / "host", simulator)
+    try:
+        host.start()
+        token = host.token()
+        body = json.dumps(sample_purchase("hangup-1", amount=1000)).encode()
+        port = int(host.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(
+                b"POST /transaction/process HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            time.sleep(0.3)  # the claim is made and the 0200 is out; the answer is 0.5 s away
+        # Hung up. The resubmission waits for the first attempt, then replays its stored answer.
+        again = httpx.post(
+            host.url + "/transaction/process",
+            content=body,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            timeout=30,
+        )
+        assert again.status_code == 200 and again.json()["approved"]
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert simulator.ledger()["totals"]["authorizations"] == 1
+    finally:
+        host.stop()
+        simulator.stop()

@@ -150,8 +150,14 @@ class TransactionFlow:
             events=[Event(now, "received"), Event(now, "claimed", f"stan={stan} rrn={rrn}")],
         )
         for _ in range(_CLAIM_ATTEMPTS):
-            claim = await self._store.claim(record)
-            answer = await self._on_claim(claim, record)
+            # Shielded from the claim on: a client hanging up while the claim commits must not leave a PENDING
+            # record that this live process never sends (its resubmissions would wait on us forever).
+            with trio.CancelScope(shield=True):
+                claim = await self._store.claim(record)
+                if claim.outcome is ClaimOutcome.NEW:
+                    _crash_point("after_pending")
+                    return await self._authorize(claim.record)
+            answer = await self._on_claim(claim)
             if answer is not None:
                 return answer
         raise Problem(
@@ -162,14 +168,10 @@ class TransactionFlow:
             headers={"Retry-After": "1"},
         )
 
-    async def _on_claim(self, claim: Claim, mine: TransactionRecord) -> Answer | None:
-        """Act on a claim's outcome; None means 'claim again' (the situation changed under us)."""
+    async def _on_claim(self, claim: Claim) -> Answer | None:
+        """Act on a claim that someone else made first; None means 'claim again' (it changed under us)."""
         rec = claim.record
         match claim.outcome:
-            case ClaimOutcome.NEW:
-                with trio.CancelScope(shield=True):
-                    _crash_point("after_pending")
-                    return await self._authorize(rec)
             case ClaimOutcome.REPLAY:
                 return self._replay(rec)
             case ClaimOutcome.CONFLICT:
@@ -194,7 +196,7 @@ class TransactionFlow:
                     if taken is None:
                         return None
                     return await self._recover(taken)
-        return None  # pragma: no cover - exhaustive match
+        return None  # NEW is handled by the caller
 
     # ---- the three ways to an answer ---------------------------------------------------------------
 
@@ -363,7 +365,7 @@ class TransactionFlow:
                 field="originalTransactionId",
             )
         reversed_by = next((e.detail for e in original.events if e.what == REVERSED_EVENT), None)
-        if reversed_by is not None:
+        if reversed_by is not None and reversed_by != req.transaction_id:  # ours: a resubmission, it replays
             raise Problem(
                 422,
                 "original-already-reversed",
