@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 async def test_sigterm_finishes_transactions_in_flight(tmp_path: Path) -> None:
-    simulator = SimulatorProcess(tmp_path / "sim", latency_ms=1500)  # every answer takes 1.5 s
+    simulator = SimulatorProcess(tmp_path / "sim", latency_ms=2000)  # every answer takes 2 s (< acquirer timeout)
     host = Host(tmp_path / "host", simulator)
     try:
         host.start()
@@ -37,7 +37,7 @@ async def test_sigterm_finishes_transactions_in_flight(tmp_path: Path) -> None:
             async with trio.open_nursery() as nursery:
                 for i in range(10):
                     nursery.start_soon(one, i)
-                await trio.sleep(0.7)  # all ten are waiting on the acquirer now
+                await trio.sleep(1.0)  # all ten are waiting on the acquirer now (margin for a slow machine)
                 assert host.server is not None
                 host.server.send_signal(signal.SIGTERM)
         assert {tid: a.status_code for tid, a in answers.items()} == {f"inflight-{i}": 200 for i in range(10)}
@@ -94,7 +94,7 @@ def test_client_hanging_up_mid_transaction_cannot_cancel_it(tmp_path: Path) -> N
     resubmission gets that answer (no second authorization, no request stuck PENDING)."""
     import socket
 
-    simulator = SimulatorProcess(tmp_path / "sim", latency_ms=800)
+    simulator = SimulatorProcess(tmp_path / "sim", latency_ms=2500)
     host = Host(tmp_path / "host", simulator)
     try:
         host.start()
@@ -107,7 +107,7 @@ def test_client_hanging_up_mid_transaction_cannot_cancel_it(tmp_path: Path) -> N
                 + f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
                 + body
             )
-            time.sleep(0.3)  # the claim is made and the 0200 is out; the answer is 0.5 s away
+            time.sleep(1.0)  # the claim is made and the 0200 is out; the answer is 1.5 s away
         # Hung up. The resubmission waits for the first attempt, then replays its stored answer.
         again = httpx.post(
             host.url + "/transaction/process",
