@@ -129,3 +129,40 @@ def test_restart_keeps_answers(tmp_path: Path, simulator: SimulatorProcess) -> N
         assert simulator.ledger()["totals"]["authorizations"] == 1
     finally:
         host.stop()
+
+
+def test_orphaned_reversal_with_unknown_outcome_is_stored_for_forwarding_not_declined(
+    tmp_path: Path, simulator: SimulatorProcess
+) -> None:
+    """A reversal whose worker died before sending, recovered while the acquirer's answer is lost: the reversal
+    is queued for forwarding (it will be applied), so the answer is 'reversed', and the original counts as
+    reversed: a second reversal under another id is refused, never sent."""
+    host = Host(tmp_path / "host", simulator, acquirer_timeout=1.0)
+    purchase = sample_purchase("orig-rev", amount=4000)
+    reversal = {
+        **purchase,
+        "transactionId": "rev-a",
+        "transactionType": "REVERSAL",
+        "originalTransactionId": "orig-rev",
+    }
+    url = "/transaction/process"
+    try:
+        host.start()
+        approved = httpx.post(host.url + url, json=purchase, headers=headers(host.token()), timeout=30).json()
+        assert approved["approved"]
+        host.stop()
+        host.start(env={"CLOUDLAYER_TESTING": "1", "CLOUDLAYER_TESTING_CRASH_AT": "after_pending"})
+        token = host.token()
+        with pytest.raises(httpx.TransportError):
+            httpx.post(host.url + url, json=reversal, headers=headers(token), timeout=30)
+        host.wait_replaced_worker()
+        simulator.set_faults(drop_next=1)  # the recovery's repeat (0401) is applied, its answer lost
+        first = httpx.post(host.url + url, json=reversal, headers=headers(token), timeout=30)
+        assert first.status_code == 200, first.text
+        assert first.json()["approved"] is True, first.json()
+        messages = simulator.entry(purchase["terminalId"], approved["stan"])["reversal_messages"]
+        second = httpx.post(host.url + url, json={**reversal, "transactionId": "rev-b"}, headers=headers(token))
+        assert second.status_code == 422 and second.json()["type"] == "/problems/original-already-reversed"
+        assert simulator.entry(purchase["terminalId"], approved["stan"])["reversal_messages"] == messages
+    finally:
+        host.stop()

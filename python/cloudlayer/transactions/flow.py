@@ -247,7 +247,12 @@ class TransactionFlow:
         else:
             # Unknown outcome: reverse (the original may yet arrive late) and decline. Never authorize twice.
             await self._connector.queue_reversal(acq_req, reason="orphaned: outcome unknown after crash")
-            resp, outcome = _our_decline(), "orphan-reversed"
+            if acq_req.kind is MessageKind.REVERSAL:
+                # The queued message is this reversal itself, forwarded until acknowledged: as in _authorize,
+                # it counts as done (a 91 here would let a second reversal of the original through).
+                resp, outcome = AcquirerResponse(response_code="00"), "reversal-stored-for-forwarding"
+            else:
+                resp, outcome = _our_decline(), "orphan-reversed"
         events = (Event(time.time(), "recovered", outcome),)
         return await self._finish(rec, resp, outcome, events, trio.current_time() - t0)
 
