@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from cloudlayer.config import StoreConfig
 from cloudlayer.store.lmdb_store import LmdbStore
+from cloudlayer.store.owner import OwnerId, local_owner_alive
 from cloudlayer.store.types import ClaimOutcome, OwnerDied, State, TransactionRecord
 
 # A worker process: opens the store, runs its writer, obeys stdin lines, prints one JSON line per answer.
@@ -276,3 +279,28 @@ async def test_map_grown_by_another_process_is_adopted(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
     finally:
         store.close()
+
+
+def test_live_owner_in_another_pid_namespace_is_never_judged_dead_from_proc(tmp_path: Path) -> None:
+    """Containers share the kernel (boot id) and may share a hostname, but not pids: a worker in another PID
+    namespace must not be judged by our /proc (its pid means another process here, or none)."""
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "-Urpf", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no unprivileged PID namespaces here")
+    code = (
+        "import sys; from cloudlayer.store.owner import current_owner_id as c; print(c(), flush=True); sys.stdin.read()"
+    )
+    child = subprocess.Popen(
+        [unshare, "-Urpf", "--mount-proc", sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        owner = OwnerId.parse(child.stdout.readline().strip())
+        assert owner is not None
+        assert child.poll() is None  # alive while we judge it
+        assert local_owner_alive(owner) is not False
+    finally:
+        child.communicate(input="", timeout=10)

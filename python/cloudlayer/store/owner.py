@@ -3,8 +3,9 @@
 An owner id is `host:boot:pid:start`: `boot` is the kernel's boot id (a reboot kills every owner) and
 `start` is the process start time in clock ticks from /proc/<pid>/stat, so a recycled pid is never
 mistaken for the worker that died. On the same host and boot, liveness is read from /proc and is
-authoritative. Owners on another host (or another PID namespace with its own hostname) cannot be
-seen from here; for them the store falls back to the heartbeat each worker writes (see LmdbStore).
+authoritative. Owners on another host or in another PID namespace (owner ids name it beside the
+hostname: containers share the boot id and may share a hostname) cannot be seen from here; for them
+the store falls back to the heartbeat each worker writes (see LmdbStore).
 """
 
 from __future__ import annotations
@@ -55,16 +56,31 @@ def process_state(pid: int) -> tuple[str, int] | None:
         return None
 
 
+@functools.cache
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "nons"
+
+
+def local_host() -> str:
+    """The host part of our owner ids: hostname and PID namespace. Containers share the kernel (and boot id)
+    and may share a hostname, but a pid means something else in each PID namespace: /proc judges only owners
+    in ours."""
+    return f"{socket.gethostname()}/{_pid_namespace()}"
+
+
 def current_owner_id() -> str:
     """This process's owner id (computed per call: a forked child gets its own)."""
     pid = os.getpid()
     st = process_state(pid)
-    return str(OwnerId(socket.gethostname(), boot_id(), pid, st[1] if st else 0))
+    return str(OwnerId(local_host(), boot_id(), pid, st[1] if st else 0))
 
 
 def local_owner_alive(owner: OwnerId) -> bool | None:
-    """True/False when `owner` runs on this host and boot; None when this host cannot tell."""
-    if owner.host != socket.gethostname():
+    """True/False when `owner` runs on this host, boot and PID namespace; None when this host cannot tell."""
+    if owner.host != local_host():
         return None
     if owner.boot != boot_id():
         return False  # same host, earlier boot: everything it ran is gone
