@@ -13,6 +13,8 @@ import itertools
 import random
 import ssl
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import structlog
@@ -102,6 +104,9 @@ class Iso8583Connector:
         self._saf_wakeup = trio.Event()
         self._scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
+        # Callers that may still write to the SAF queue: `run` closes it only once they are done.
+        self._saf_users = 0
+        self._saf_drained: trio.Event | None = None
         # Counters the host exports as metrics.
         self.late_answers = 0
         self.garbage_frames = 0
@@ -132,6 +137,10 @@ class Iso8583Connector:
             await self._ready_event.wait()
 
     async def send(self, request: AcquirerRequest) -> AcquirerResponse:
+        with self._using_saf():
+            return await self._send(request)
+
+    async def _send(self, request: AcquirerRequest) -> AcquirerResponse:
         msg = self._build(request, request_mti(request, self._cfg.purchase_mti))
         state = _SendState()
         try:
@@ -164,11 +173,13 @@ class Iso8583Connector:
 
     async def reversal_recorded(self, request: AcquirerRequest) -> bool:
         reversal = reversal_for(request, self._cfg.purchase_mti, self._cfg.acquirer_institution_id)
-        return bool(await trio.to_thread.run_sync(self._saf.known, entry_key(reversal)))
+        with self._using_saf():
+            return bool(await trio.to_thread.run_sync(self._saf.known, entry_key(reversal)))
 
     async def queue_reversal(self, request: AcquirerRequest, reason: str) -> None:
         reversal = reversal_for(request, self._cfg.purchase_mti, self._cfg.acquirer_institution_id)
-        added = await trio.to_thread.run_sync(self._saf.add, reversal, reason)
+        with self._using_saf():
+            added = await trio.to_thread.run_sync(self._saf.add, reversal, reason)
         if added:
             self.reversals_queued += 1
             log.warning("reversal_queued", stan=request.stan, terminal=request.terminal_id, reason=reason)
@@ -189,6 +200,12 @@ class Iso8583Connector:
                 pending.error = "connector stopped"
                 pending.event.set()
             with trio.CancelScope(shield=True):
+                # Requests just failed above queue their reversals now: closing the queue under them would
+                # lose those reversals. Each is bounded by the acquirer timeout (twice, for a stalled write).
+                if self._saf_users:
+                    self._saf_drained = trio.Event()
+                    with trio.move_on_after(self._cfg.timeout * 2 + 5.0):
+                        await self._saf_drained.wait()
                 await trio.to_thread.run_sync(self._saf.close)
             self._stopped.set()
 
@@ -198,6 +215,16 @@ class Iso8583Connector:
             return
         self._scope.cancel()
         await self._stopped.wait()
+
+    @contextmanager
+    def _using_saf(self) -> Iterator[None]:
+        self._saf_users += 1
+        try:
+            yield
+        finally:
+            self._saf_users -= 1
+            if self._saf_users == 0 and self._saf_drained is not None:
+                self._saf_drained.set()
 
     # --- exchanges --------------------------------------------------------------------------------------
 
@@ -377,7 +404,11 @@ class Iso8583Connector:
             if mti == "0800":  # the acquirer's own echo / sign-on: acknowledge it
                 answer = {k: v for k, v in msg.items() if k in ("7", "11", "32", "70")}
                 answer.update(t="0810", **{"39": spec.APPROVED})
-                await self._write(link, self._framing.wrap(encode(answer)), _SendState())
+                try:
+                    await self._write(link, self._framing.wrap(encode(answer)), _SendState())
+                except (_NotSent, _Unknown):
+                    # _write has dropped the link if it broke; escaping here would take the connector down.
+                    return
             else:
                 log.warning("acquirer_unexpected_request", link=link.index, mti=mti)
             return
