@@ -166,3 +166,25 @@ def test_orphaned_reversal_with_unknown_outcome_is_stored_for_forwarding_not_dec
         assert simulator.entry(purchase["terminalId"], approved["stan"])["reversal_messages"] == messages
     finally:
         host.stop()
+
+
+def test_an_error_after_the_claim_does_not_leave_the_transaction_stuck(
+    tmp_path: Path, simulator: SimulatorProcess
+) -> None:
+    """A bug or a store error after PENDING (the process lives on): that attempt gets a 500, and the
+    resubmission is recovered at once (reversed and declined: nothing was sent) instead of waiting on an
+    owner that is alive but will never finish."""
+    host = Host(tmp_path / "host", simulator)
+    host.start(env={"CLOUDLAYER_TESTING": "1", "CLOUDLAYER_TESTING_CRASH_AT": "raise:after_pending"})
+    body = json.dumps(sample_purchase("stuck-1", amount=9000)).encode()
+    try:
+        token = host.token()
+        first = httpx.post(host.url + "/transaction/process", content=body, headers=headers(token), timeout=30)
+        assert first.status_code == 500
+        assert first.headers["Content-Type"] == "application/problem+json"
+        again = httpx.post(host.url + "/transaction/process", content=body, headers=headers(token), timeout=5)
+        assert again.status_code == 200, again.text
+        assert again.json()["responseCode"] == "91"
+        assert simulator.ledger()["totals"]["authorizations"] == 0
+    finally:
+        host.stop()

@@ -86,6 +86,8 @@ class LmdbStore:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.owner_id = owner_id or current_owner_id()
+        # PENDING keys this process gave up on (abandon): treated as orphaned although we are alive.
+        self._abandoned: set[bytes] = set()
         self.path = Path(path)
         self._cfg = cfg
         self._clock = clock
@@ -300,7 +302,7 @@ class LmdbStore:
             return Claim(ClaimOutcome.CONFLICT, existing)
         if existing.state is State.COMPLETED:
             return Claim(ClaimOutcome.REPLAY, existing)
-        if self._owner_alive(existing.owner, txn, now):
+        if key not in self._abandoned and self._owner_alive(existing.owner, txn, now):
             return Claim(ClaimOutcome.IN_FLIGHT, existing)
         return Claim(ClaimOutcome.ORPHANED, existing)
 
@@ -344,8 +346,10 @@ class LmdbStore:
         if raw is None:
             return None
         rec = codec.decode(raw)
-        if rec.state is not State.PENDING or rec.owner != dead_owner or self._owner_alive(dead_owner, txn, now):
+        alive = key not in self._abandoned and self._owner_alive(dead_owner, txn, now)
+        if rec.state is not State.PENDING or rec.owner != dead_owner or alive:
             return None  # someone else took it over first, it completed, or the owner is alive after all
+        self._abandoned.discard(key)
         rec.owner = self.owner_id
         rec.events.append(Event(now, "taken-over", f"from {dead_owner}"))
         _trim_events(rec)
@@ -394,6 +398,11 @@ class LmdbStore:
         # Not visible from this host: alive while its heartbeat is fresh.
         hb = txn.get(_HB + owner.encode(), db=self._meta)
         return hb is not None and now - _F64.unpack(hb)[0] < self._cfg.owner_timeout
+
+    def abandon(self, client_id: str, transaction_id: str) -> None:
+        """This process gave up on a PENDING it owns (an error after the claim): from now on it counts as
+        orphaned, so the next resubmission recovers it instead of waiting on a live owner that never finishes."""
+        self._abandoned.add(codec.record_key(client_id, transaction_id))
 
     def owner_alive(self, owner: str) -> bool:
         try:

@@ -70,6 +70,8 @@ _CRASH_AT: Final = os.environ.get("CLOUDLAYER_TESTING_CRASH_AT", "") if os.envir
 def _crash_point(name: str) -> None:
     if _CRASH_AT == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    elif _CRASH_AT == f"raise:{name}":  # a bug or a store error at that point, the process living on
+        raise RuntimeError(f"test fault at {name}")
 
 
 class Answer(msgspec.Struct, kw_only=True):
@@ -155,8 +157,12 @@ class TransactionFlow:
             with trio.CancelScope(shield=True):
                 claim = await self._store.claim(record)
                 if claim.outcome is ClaimOutcome.NEW:
-                    _crash_point("after_pending")
-                    return await self._authorize(claim.record)
+                    try:
+                        _crash_point("after_pending")
+                        return await self._authorize(claim.record)
+                    except Exception:
+                        self._store.abandon(client_id, req.transaction_id)
+                        raise
             answer = await self._on_claim(claim)
             if answer is not None:
                 return answer
@@ -195,7 +201,11 @@ class TransactionFlow:
                     taken = await self._store.take_over(rec.client_id, rec.transaction_id, rec.owner)
                     if taken is None:
                         return None
-                    return await self._recover(taken)
+                    try:
+                        return await self._recover(taken)
+                    except Exception:
+                        self._store.abandon(rec.client_id, rec.transaction_id)
+                        raise
         return None  # NEW is handled by the caller
 
     # ---- the three ways to an answer ---------------------------------------------------------------
