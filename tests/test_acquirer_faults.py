@@ -5,11 +5,14 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import msgspec
+import pytest
 import trio
 
 from cloudlayer.acquirer.connector import Iso8583Connector
+from cloudlayer.acquirer.messages import build_request
 from cloudlayer.acquirer.saf import SafQueue
-from cloudlayer.acquirer.types import OutcomeUnknown
+from cloudlayer.acquirer.types import AcquirerRequest, MessageKind, OriginalData, OutcomeUnknown
 from iso_peer import frame, read_frame
 from test_acquirer_support import SEALER, acquirer_config, request, running_connector, running_simulator, wait_until
 
@@ -89,3 +92,41 @@ async def test_stopping_the_connector_with_requests_in_flight_still_queues_their
     assert len(outcomes) == 50
     assert all(isinstance(e, OutcomeUnknown) for e in outcomes), {repr(e) for e in outcomes}
     assert saf_len(tmp_path / "saf") == 50
+
+
+def reversal_of(original: AcquirerRequest, stan: int) -> AcquirerRequest:
+    """A reversal Mypinpad asked for: its own STAN, the original quoted in field 90 (as the flow builds it)."""
+    return msgspec.structs.replace(
+        request(stan, original.amount),
+        kind=MessageKind.REVERSAL,
+        icc_data=b"",
+        original=OriginalData(mti="0200", stan=original.stan, transmission_datetime=original.transmission_datetime),
+    )
+
+
+async def test_a_timed_out_reversal_is_retried_as_a_repeat_0401_never_a_second_0400(tmp_path: Path) -> None:
+    async with running_simulator() as sim:
+        async with running_connector(sim.port, tmp_path / "saf") as connector:
+            original = request(1)
+            assert (await connector.send(original)).response_code == "00"
+            sim.set_faults({"drop_next": 1})  # the 0400 goes through, its 0410 is lost
+            with pytest.raises(OutcomeUnknown):
+                await connector.send(reversal_of(original, 2))
+            await wait_until(lambda: connector.reversals_acknowledged == 1)
+    entry = sim.ledger.snapshot()["transactions"]["TERM0001:000001"]
+    assert entry["reversal_messages"] == 2
+    assert entry["repeats"] == 1  # the SAF's retry of an 0400 that already went out is its repeat
+
+
+async def test_a_reversal_never_carries_or_stores_the_pin_block(tmp_path: Path) -> None:
+    reversal = reversal_of(request(1), 2)
+    assert reversal.pin_block is not None  # Mypinpad may send pinBlock with a REVERSAL
+    assert "52" not in build_request(reversal, "0400", "12345")
+    async with running_connector(1, tmp_path / "saf", wait=False) as connector:  # no acquirer needed
+        await connector.queue_reversal(reversal, "test")
+    q = SafQueue(tmp_path / "saf", SEALER)
+    try:
+        [item] = q.claim_due("test", 60.0)
+    finally:
+        q.close()
+    assert item.request.pin_block is None

@@ -9,6 +9,7 @@ and the SAF retry loop.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 import ssl
@@ -178,8 +179,10 @@ class Iso8583Connector:
 
     async def queue_reversal(self, request: AcquirerRequest, reason: str) -> None:
         reversal = reversal_for(request, self._cfg.purchase_mti, self._cfg.acquirer_institution_id)
+        # A reversal whose own outcome is unknown may have reached the acquirer as an 0400: retry it as 0401.
+        sent = 1 if request.kind is MessageKind.REVERSAL else 0
         with self._using_saf():
-            added = await trio.to_thread.run_sync(self._saf.add, reversal, reason)
+            added = await trio.to_thread.run_sync(functools.partial(self._saf.add, reversal, reason, attempts=sent))
         if added:
             self.reversals_queued += 1
             log.warning("reversal_queued", stan=request.stan, terminal=request.terminal_id, reason=reason)

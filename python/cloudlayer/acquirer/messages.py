@@ -53,7 +53,7 @@ def build_request(request: AcquirerRequest, mti: str, acquirer_id: str) -> Messa
         msg["23"] = request.pan_sequence.zfill(3)
     if request.track2:
         msg["35"] = request.track2
-    if request.pin_block:
+    if request.pin_block and request.kind is not MessageKind.REVERSAL:  # a reversal needs no PIN
         msg["52"] = request.pin_block.hex()
     if request.icc_data:
         msg["55"] = request.icc_data.hex()
@@ -79,7 +79,8 @@ def reversal_for(request: AcquirerRequest, purchase_mti: str, acquirer_id: str) 
     original in field 90; field 7 is the reversal's own transmission time.
     """
     if request.kind is MessageKind.REVERSAL:
-        return request
+        # Mypinpad may send a pinBlock with its REVERSAL: it must not reach the SAF queue.
+        return msgspec.structs.replace(request, pin_block=None) if request.pin_block else request
     now = datetime.now(UTC)
     return msgspec.structs.replace(
         request,

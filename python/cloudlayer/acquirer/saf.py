@@ -104,8 +104,11 @@ class SafQueue:
             self._closed = True
             _close_env(self.path)
 
-    def add(self, request: AcquirerRequest, reason: str) -> bool:
-        """Durably queue a reversal. False if it was already queued (idempotent)."""
+    def add(self, request: AcquirerRequest, reason: str, *, attempts: int = 0) -> bool:
+        """Durably queue a reversal. False if it was already queued (idempotent).
+
+        `attempts` > 0 when the 0400 itself may already have gone out: every send from the queue is then an 0401.
+        """
         if request.kind is not MessageKind.REVERSAL or request.original is None:
             raise ValueError("only reversals with original data go into the SAF queue")
         key = entry_key(request)
@@ -118,6 +121,7 @@ class SafQueue:
             rrn=request.rrn,
             amount=request.amount,
             original_mti=request.original.mti,
+            attempts=attempts,
         )
         with self._env.begin(write=True) as txn:
             if txn.get(key, db=self._done) is not None:
