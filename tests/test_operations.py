@@ -121,3 +121,41 @@ def test_client_hanging_up_mid_transaction_cannot_cancel_it(tmp_path: Path) -> N
     finally:
         host.stop()
         simulator.stop()
+
+
+def test_a_reversal_while_the_acquirer_is_down_is_stored_and_forwarded(tmp_path: Path) -> None:
+    simulator = SimulatorProcess(tmp_path / "sim")
+    host = Host(tmp_path / "host", simulator, extra={"acquirer": {"reconnect_max": 0.5}})
+    try:
+        host.start()
+        token = host.token()
+        hdrs = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        purchase = sample_purchase("sf-1", amount=1000)
+        approved = httpx.post(host.url + "/transaction/process", content=json.dumps(purchase), headers=hdrs, timeout=30)
+        assert approved.json()["approved"]
+        simulator.stop()
+        deadline = time.monotonic() + 20
+        while httpx.get(host.url + "/readyz", timeout=5).status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        reversal = {
+            **purchase,
+            "transactionId": "sf-rev",
+            "transactionType": "REVERSAL",
+            "originalTransactionId": "sf-1",
+        }
+        answer = httpx.post(host.url + "/transaction/process", content=json.dumps(reversal), headers=hdrs, timeout=30)
+        assert answer.status_code == 200 and answer.json()["responseCode"] == "00"  # accepted: it will be delivered
+        simulator = SimulatorProcess(tmp_path / "sim2", port=simulator.port)  # the acquirer comes back
+        key = f"TERM0001:{answer.json()['stan']}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            entry = simulator.ledger()["transactions"].get(key) or simulator.ledger()["transactions"].get(
+                f"TERM0001:{approved.json()['stan']}"
+            )
+            if entry and entry["reversal_messages"] >= 1:
+                break
+            time.sleep(0.2)
+        assert entry and entry["reversal_messages"] >= 1
+    finally:
+        host.stop()
+        simulator.stop()

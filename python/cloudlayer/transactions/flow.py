@@ -219,7 +219,12 @@ class TransactionFlow:
             outcome = "approved" if resp.response_code in APPROVED_CODES else "declined"
         except AcquirerUnavailable as e:
             log.warning("acquirer_unavailable", transaction_id=rec.transaction_id, stan=rec.stan, reason=str(e))
-            resp, outcome = _our_decline(), "unavailable-declined"
+            if acq_req.kind is MessageKind.REVERSAL:
+                # A reversal is owed whatever the link's state: store and forward it, never drop it.
+                await self._connector.queue_reversal(acq_req, reason=f"acquirer unavailable: {e}")
+                resp, outcome = AcquirerResponse(response_code="00"), "reversal-stored-for-forwarding"
+            else:
+                resp, outcome = _our_decline(), "unavailable-declined"
         except OutcomeUnknown as e:
             # The connector queued a reversal before raising: the outcome is now 'reversed'.
             log.warning("acquirer_outcome_unknown", transaction_id=rec.transaction_id, stan=rec.stan, reason=str(e))
