@@ -86,3 +86,33 @@ def test_bad_chunk_header_cannot_kill_the_host(tmp_path: Path, simulator: Simula
         assert "worker_exited" not in host.log_text()
     finally:
         host.stop()
+
+
+def test_recovery_quotes_the_mti_that_was_sent_even_after_a_config_change(
+    tmp_path: Path, simulator: SimulatorProcess
+) -> None:
+    """As above, but the operator switches acquirer.purchase_mti (0200 -> 0100) before the restart: recovery
+    must still find the reversal queued for the 0200 that went out, and decline."""
+    host = AttackedHost(tmp_path / "host", simulator, acquirer_timeout=0.5)
+    body = json.dumps(sample_purchase("mti-changed", amount=1000)).encode()
+    host.start(env={"CLOUDLAYER_TESTING": "1", "CLOUDLAYER_TESTING_CRASH_AT": "after_acquirer"})
+    try:
+        token = host.token()
+        simulator.set_faults(delay_seconds=1.0, delay_next=1)
+        with pytest.raises(httpx.TransportError):
+            _post(host, body, token)
+        host.wait_replaced_worker()
+        host.stop()
+        host.start(env={"CLOUDLAYER_ACQUIRER_PURCHASE_MTI": '"0100"'})
+        answer = _post(host, body, host.token())
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["responseCode"] == "91" and not answer.json()["approved"]
+        deadline = time.monotonic() + 20
+        while host.saf_depth() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        entry = simulator.entry("TERM0001", answer.json()["stan"])
+        assert entry["authorizations"] == 1 and entry["mti"] == "0200" and entry["reversed"] is True
+        # Recovery knew from the SAF that it had reversed: it did not even ask the acquirer (no repeat).
+        assert entry["repeats"] == 0
+    finally:
+        host.stop()

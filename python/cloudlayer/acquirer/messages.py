@@ -12,7 +12,10 @@ from .types import AcquirerRequest, AcquirerResponse, MessageKind, OriginalData
 
 
 def request_mti(request: AcquirerRequest, purchase_mti: str) -> str:
-    """The original (non-repeat) MTI: purchases per config, refunds 0200, reversals 0400."""
+    """The original (non-repeat) MTI: as fixed in the request, else purchases per config, refunds 0200,
+    reversals 0400."""
+    if request.mti:
+        return request.mti
     if request.kind is MessageKind.PURCHASE:
         return purchase_mti
     if request.kind is MessageKind.REFUND:
@@ -85,6 +88,7 @@ def reversal_for(request: AcquirerRequest, purchase_mti: str, acquirer_id: str) 
     return msgspec.structs.replace(
         request,
         kind=MessageKind.REVERSAL,
+        mti="",  # a reversal is an 0400 whatever the original was
         transmission_datetime=now.strftime("%m%d%H%M%S"),
         pin_block=None,  # a reversal needs no PIN
         original=OriginalData(

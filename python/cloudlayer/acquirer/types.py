@@ -47,6 +47,9 @@ class AcquirerRequest(msgspec.Struct, frozen=True, kw_only=True):
     icc_data: bytes = b""  # field 55, unredacted: the issuer needs the cryptogram
     pin_block: bytes | None = None  # field 52; secret
     original: OriginalData | None = None  # reversals and repeats
+    # The MTI this request is (to be) sent with, fixed when it is made: a repeat, a recovery or a reversal
+    # quotes what was really sent even if acquirer.purchase_mti changed in between ("" = from config).
+    mti: str = ""
 
 
 class AcquirerResponse(msgspec.Struct, frozen=True, kw_only=True):

@@ -131,6 +131,8 @@ class TransactionFlow:
         stan, rrn = await self._store.next_ids()
         now = time.time()
         acq_req = build_acquirer_request(req, icc, card, stan=stan, rrn=rrn, now=now, original=original)
+        # Fix the MTI now: recovery and reversals must quote what was sent, whatever the config says later.
+        acq_req = msgspec.structs.replace(acq_req, mti=request_mti(acq_req, self._purchase_mti))
         record = TransactionRecord(
             client_id=client_id,
             transaction_id=req.transaction_id,
@@ -146,7 +148,7 @@ class TransactionFlow:
             stan=stan,
             rrn=rrn,
             transmission_datetime=acq_req.transmission_datetime,
-            acquirer_mti=request_mti(acq_req, self._purchase_mti),
+            acquirer_mti=acq_req.mti,
             sealed_request=self._seal(acq_req, client_id),
             created_at=now,
             events=[Event(now, "received"), Event(now, "claimed", f"stan={stan} rrn={rrn}")],
