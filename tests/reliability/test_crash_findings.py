@@ -7,6 +7,7 @@ import socket
 import struct
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -39,33 +40,42 @@ def _post(host: AttackedHost, body: bytes, token: str) -> httpx.Response:
     )
 
 
-def test_crash_after_timeout_reversal_is_not_answered_approved(tmp_path: Path, simulator: SimulatorProcess) -> None:
-    """Timeout -> reversal queued (SAF) -> worker dies before COMPLETED. On resubmission the recovery sends a
-    repeat (0101); the issuer answers it with the original approval; the host answers APPROVED while the
-    queued reversal (delivered after the restart) cancels the money: merchant told 'paid', nothing taken."""
+def _time_out_crash_and_resubmit(
+    tmp_path: Path, simulator: SimulatorProcess, transaction_id: str, restart_env: dict[str, str] | None = None
+) -> tuple[httpx.Response, dict[str, Any]]:
+    """A purchase whose answer comes late (timeout: reversal queued), the worker killed before COMPLETED, a
+    restart (with `restart_env`), the resubmission; returns its answer and the simulator's ledger entry once
+    the reversal queue has drained."""
     host = AttackedHost(tmp_path / "host", simulator, acquirer_timeout=0.5)
-    body = json.dumps(sample_purchase("reversed-then-recovered", amount=1000)).encode()
+    body = json.dumps(sample_purchase(transaction_id, amount=1000)).encode()
     host.start(env={"CLOUDLAYER_TESTING": "1", "CLOUDLAYER_TESTING_CRASH_AT": "after_acquirer"})
     try:
         token = host.token()
-        # Only the original's answer is late (past our timeout); the repeat later is answered at once.
+        # Only the original's answer is late (past our timeout); a repeat later is answered at once.
         simulator.set_faults(delay_seconds=1.0, delay_next=1)
         with pytest.raises(httpx.TransportError):
             _post(host, body, token)
         host.wait_replaced_worker()
         host.stop()
-        host.start()
+        host.start(env=restart_env)
         answer = _post(host, body, host.token())
         assert answer.status_code == 200, answer.text
         deadline = time.monotonic() + 20
         while host.saf_depth() and time.monotonic() < deadline:
             time.sleep(0.2)
-        entry = simulator.entry("TERM0001", answer.json()["stan"])
-        assert entry["authorizations"] == 1
-        # Whatever the host chose, the two sides must agree: reversed <=> declined to Mypinpad.
-        assert entry["reversed"] is (not answer.json()["approved"]), (entry, answer.json())
+        return answer, simulator.entry("TERM0001", answer.json()["stan"])
     finally:
         host.stop()
+
+
+def test_crash_after_timeout_reversal_is_not_answered_approved(tmp_path: Path, simulator: SimulatorProcess) -> None:
+    """Timeout -> reversal queued (SAF) -> worker dies before COMPLETED. On resubmission the recovery sent a
+    repeat (0101); the issuer answered it with the original approval; the host answered APPROVED while the
+    queued reversal (delivered after the restart) cancelled the money: merchant told 'paid', nothing taken."""
+    answer, entry = _time_out_crash_and_resubmit(tmp_path, simulator, "reversed-then-recovered")
+    assert entry["authorizations"] == 1
+    # Whatever the host chose, the two sides must agree: reversed <=> declined to Mypinpad.
+    assert entry["reversed"] is (not answer.json()["approved"]), (entry, answer.json())
 
 
 def test_bad_chunk_header_cannot_kill_the_host(tmp_path: Path, simulator: SimulatorProcess) -> None:
@@ -93,26 +103,10 @@ def test_recovery_quotes_the_mti_that_was_sent_even_after_a_config_change(
 ) -> None:
     """As above, but the operator switches acquirer.purchase_mti (0200 -> 0100) before the restart: recovery
     must still find the reversal queued for the 0200 that went out, and decline."""
-    host = AttackedHost(tmp_path / "host", simulator, acquirer_timeout=0.5)
-    body = json.dumps(sample_purchase("mti-changed", amount=1000)).encode()
-    host.start(env={"CLOUDLAYER_TESTING": "1", "CLOUDLAYER_TESTING_CRASH_AT": "after_acquirer"})
-    try:
-        token = host.token()
-        simulator.set_faults(delay_seconds=1.0, delay_next=1)
-        with pytest.raises(httpx.TransportError):
-            _post(host, body, token)
-        host.wait_replaced_worker()
-        host.stop()
-        host.start(env={"CLOUDLAYER_ACQUIRER_PURCHASE_MTI": '"0100"'})
-        answer = _post(host, body, host.token())
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["responseCode"] == "91" and not answer.json()["approved"]
-        deadline = time.monotonic() + 20
-        while host.saf_depth() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        entry = simulator.entry("TERM0001", answer.json()["stan"])
-        assert entry["authorizations"] == 1 and entry["mti"] == "0200" and entry["reversed"] is True
-        # Recovery knew from the SAF that it had reversed: it did not even ask the acquirer (no repeat).
-        assert entry["repeats"] == 0
-    finally:
-        host.stop()
+    answer, entry = _time_out_crash_and_resubmit(
+        tmp_path, simulator, "mti-changed", restart_env={"CLOUDLAYER_ACQUIRER_PURCHASE_MTI": '"0100"'}
+    )
+    assert answer.json()["responseCode"] == "91" and not answer.json()["approved"]
+    assert entry["authorizations"] == 1 and entry["mti"] == "0200" and entry["reversed"] is True
+    # Recovery knew from the SAF that it had reversed: it did not even ask the acquirer (no repeat).
+    assert entry["repeats"] == 0
