@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from datetime import datetime
 from typing import Final
 
 import msgspec
@@ -21,17 +20,15 @@ import trio
 
 from .. import emv
 from ..acquirer.messages import request_mti
-from ..acquirer.spec import PROCESSING_PURCHASE, PROCESSING_REFUND
 from ..acquirer.types import (
     AcquirerRequest,
     AcquirerResponse,
     AcquirerUnavailable,
     Connector,
     MessageKind,
-    OriginalData,
     OutcomeUnknown,
 )
-from ..http.problems import Problem, from_decode_error, from_validation_error
+from ..http.problems import Problem
 from ..sealing import Sealer
 from ..store.types import (
     Claim,
@@ -43,24 +40,16 @@ from ..store.types import (
     TransactionRecord,
     TransactionStore,
 )
+from .decoding import conflict, decode, parse_emv
 from .mapping import build_acquirer_request, fingerprint
-from .models import (
-    APPROVED_CODES,
-    TransactionRequest,
-    TransactionResponse,
-    TransactionType,
-    decode_request,
-    encode_response,
-    response_message,
-)
+from .models import APPROVED_CODES, TransactionResponse, TransactionType, encode_response, response_message
+from .originals import REVERSED_EVENT, original_for
 
 log = structlog.get_logger(__name__)
 
 # Declines we make ourselves when the issuer's answer is unknown or unreachable.
 ISSUER_UNAVAILABLE: Final = "91"
 _CLAIM_ATTEMPTS: Final = 4
-# Timeline event written on an original transaction once a reversal of it is approved.
-REVERSED_EVENT: Final = "reversed"
 
 # Test-only fault hook: SIGKILL ourselves at a named point, to prove crash recovery. Read once; inert
 # unless both variables are set (never in a real deployment).
@@ -116,18 +105,17 @@ class TransactionFlow:
     # ---- entry point -------------------------------------------------------------------------------
 
     async def process(self, client_id: str, body: bytes) -> Answer:
-        req = _decode(body)
-        icc, card = _parse_emv(req)
+        req = decode(body)
+        icc, card = parse_emv(req)
         fp = fingerprint(req, icc)
         # Fast path for resubmissions: a completed transaction replays from one read, spending no STAN.
         existing = await self._store.get(client_id, req.transaction_id)
         if existing is not None and existing.state is State.COMPLETED:
             if existing.fingerprint != fp:
-                raise _conflict()
+                raise conflict()
             return self._replay(existing)
-        original = (
-            await self._original_for(client_id, req) if req.transaction_type is TransactionType.REVERSAL else None
-        )
+        is_reversal = req.transaction_type is TransactionType.REVERSAL
+        original = await original_for(self._store, client_id, req) if is_reversal else None
         stan, rrn = await self._store.next_ids()
         now = time.time()
         acq_req = build_acquirer_request(req, icc, card, stan=stan, rrn=rrn, now=now, original=original)
@@ -183,7 +171,7 @@ class TransactionFlow:
             case ClaimOutcome.REPLAY:
                 return self._replay(rec)
             case ClaimOutcome.CONFLICT:
-                raise _conflict()
+                raise conflict()
             case ClaimOutcome.IN_FLIGHT:
                 with trio.move_on_after(self._wait_for_owner):
                     try:
@@ -350,76 +338,6 @@ class TransactionFlow:
 
     # ---- helpers -----------------------------------------------------------------------------------
 
-    async def _original_for(self, client_id: str, req: TransactionRequest) -> OriginalData:
-        """A REVERSAL names an earlier transaction of the same client, which must be an approval."""
-        if req.original_transaction_id is None:
-            raise Problem(
-                422,
-                "invalid-field",
-                "Invalid request field",
-                "originalTransactionId: required for a REVERSAL",
-                field="originalTransactionId",
-            )
-        original = await self._store.get(client_id, req.original_transaction_id)
-        if original is None:
-            raise Problem(
-                422,
-                "unknown-original",
-                "Unknown original transaction",
-                "originalTransactionId: no transaction with this id was processed for this client",
-                field="originalTransactionId",
-            )
-        if original.state is State.PENDING:
-            raise Problem(
-                409,
-                "original-in-progress",
-                "Original transaction in progress",
-                "originalTransactionId: the original transaction is still being processed; retry",
-                field="originalTransactionId",
-                headers={"Retry-After": "2"},
-            )
-        if original.transaction_type == TransactionType.REVERSAL.value:
-            raise Problem(
-                422,
-                "invalid-original",
-                "Invalid original transaction",
-                "originalTransactionId: a reversal cannot be reversed",
-                field="originalTransactionId",
-            )
-        reversed_by = next((e.detail for e in original.events if e.what == REVERSED_EVENT), None)
-        if reversed_by is not None and reversed_by != req.transaction_id:  # ours: a resubmission, it replays
-            raise Problem(
-                422,
-                "original-already-reversed",
-                "Original transaction already reversed",
-                f"originalTransactionId: already reversed by transactionId {reversed_by!r}",
-                field="originalTransactionId",
-            )
-        if not original.approved:
-            raise Problem(
-                422,
-                "original-not-approved",
-                "Original transaction not approved",
-                "originalTransactionId: the original transaction was not approved; there is nothing to reverse",
-                field="originalTransactionId",
-            )
-        if req.amount > original.amount or req.currency != original.currency:
-            raise Problem(
-                422,
-                "invalid-field",
-                "Invalid request field",
-                "amount: a reversal must not exceed the original amount, in the original currency",
-                field="amount",
-            )
-        return OriginalData(
-            mti=original.acquirer_mti,
-            stan=original.stan,
-            transmission_datetime=original.transmission_datetime,
-            processing_code=PROCESSING_REFUND
-            if original.transaction_type == TransactionType.REFUND.value
-            else PROCESSING_PURCHASE,
-        )
-
     def _seal(self, acq_req: AcquirerRequest, client_id: str) -> bytes:
         return self._sealer.seal(_request_codec.encode(acq_req), _aad(client_id, acq_req))
 
@@ -438,69 +356,5 @@ def _aad_for_record(rec: TransactionRecord) -> bytes:
     return f"{rec.client_id}\0{rec.stan}\0{rec.rrn}".encode()
 
 
-def _conflict() -> Problem:
-    return Problem(
-        409,
-        "transaction-id-conflict",
-        "Transaction id reused",
-        "transactionId was already used for a different request; it was not processed again",
-        field="transactionId",
-    )
-
-
 def _our_decline() -> AcquirerResponse:
     return AcquirerResponse(response_code=ISSUER_UNAVAILABLE)
-
-
-def _decode(body: bytes) -> TransactionRequest:
-    try:
-        req = decode_request(body)
-    except msgspec.ValidationError as e:
-        raise from_validation_error(e) from None
-    except msgspec.DecodeError as e:
-        raise from_decode_error(e) from None
-    except RecursionError:
-        # msgspec bounds nesting (even inside unknown fields) by raising RecursionError.
-        raise Problem(400, "malformed-json", "Malformed JSON", "request body is nested too deeply") from None
-    if req.local_date_time is not None:
-        try:
-            datetime.fromisoformat(req.local_date_time[:19])  # the pattern fixed the shape; is it a real date?
-        except ValueError:
-            raise Problem(
-                422,
-                "invalid-field",
-                "Invalid request field",
-                "localDateTime: not a real date and time",
-                field="localDateTime",
-            ) from None
-    if req.transaction_type is not TransactionType.REVERSAL:
-        if req.emv_data is None:
-            raise Problem(
-                422,
-                "invalid-field",
-                "Invalid request field",
-                "emvData: required for a PURCHASE or REFUND",
-                field="emvData",
-            )
-        if req.original_transaction_id is not None:
-            raise Problem(
-                422,
-                "invalid-field",
-                "Invalid request field",
-                "originalTransactionId: only a REVERSAL names an original transaction",
-                field="originalTransactionId",
-            )
-    return req
-
-
-def _parse_emv(req: TransactionRequest) -> tuple[bytes, emv.CardData | None]:
-    if req.emv_data is None:
-        return b"", None
-    icc = bytes.fromhex(req.emv_data)
-    try:
-        card = emv.card_data(icc)  # parses the whole TLV once: malformed data fails here
-    except emv.TLVError as e:
-        raise Problem(
-            422, "invalid-emv", "Malformed EMV data", f"emvData: not valid BER-TLV: {e}", field="emvData"
-        ) from None
-    return icc, card
