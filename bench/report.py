@@ -18,7 +18,7 @@ from hdrh.histogram import HdrHistogram
 from loadgen import HDR_DIGITS, HDR_HIGH, HDR_LOW
 
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99_9": 99.9}
-BASELINES = ("bare-asgi", "quart-trio")
+BASELINES = ("bare-asgi", "quart-trio", "conventional")
 HOST = "host"
 # The targets, reported (never asserted): host throughput vs the Quart-Trio ceiling, tail at half
 # saturation, and what a replay costs next to a fresh transaction.

@@ -1,11 +1,12 @@
 """The bench suite's one entry point: `.venv/bin/python bench/run.py [options]` (what `make bench` runs).
 
 For each scenario it starts, on loopback and each in its own process group, the targets one after the
-other (the host with its acquirer simulator, then the two baselines served by the same `cloudlayer.server`
-code with the same TOML), drives each with the same load generator (bench/loadgen.py, separate processes),
-closed loop then an open-loop sweep of rates up to that target's saturation, and stops everything it
-started before going on. Results: bench/results/<timestamp>/ (run.json, summary.md, <scenario>.png, logs/).
-See bench/README.md for the methodology.
+other (the host with its acquirer simulator, then the two ceilings served by the same `cloudlayer.server`
+code with the same TOML, then the conventional FastAPI host with a simulator of its own), drives each with
+the same load generator (bench/loadgen.py, separate processes), closed loop then an open-loop sweep of
+rates up to that target's saturation, and stops everything it started before going on. Results:
+bench/results/<timestamp>/ (run.json, summary.md, <scenario>.png, logs/). See bench/README.md for the
+methodology.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ PYTHON = sys.executable
 CLOUDLAYER = str(Path(PYTHON).parent / "cloudlayer")
 LOADGEN = str(BENCH / "loadgen.py")
 BASELINE_SERVE = str(BENCH / "baselines" / "serve.py")
-TARGETS = ("host", "quart-trio", "bare-asgi")
+CONVENTIONAL_SERVE = str(BENCH / "baselines" / "conventional" / "serve.py")
+TARGETS = ("host", "quart-trio", "bare-asgi", "conventional")
 SCENARIOS = ("unique", "retry", "token", "latency", "mix", "micro")
 START_TIMEOUT = 30.0
 STOP_GRACE = 10.0
@@ -572,6 +574,86 @@ class Bench:
             raise
         return Target(name, port, proc.pid), proc
 
+    def start_conventional(
+        self, scenario: str, latency_ms: float
+    ) -> tuple[Target, Credentials, list[subprocess.Popen[bytes]]]:
+        """The conventional host (bench/baselines/conventional/) with its own simulator, var dir and client,
+        started and checked like the host: a token from its /oauth/token and one preflight purchase."""
+        started: list[subprocess.Popen[bytes]] = []
+        name = f"conventional-{scenario}"
+        try:
+            sim, sim_port = self._start_simulator(f"simulator-{name}", latency_ms)
+            started.append(sim)
+            var = self.work / f"var-{name}"
+            add = subprocess.run(
+                [PYTHON, CONVENTIONAL_SERVE, "add-client", "--var-dir", str(var)],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            if add.returncode != 0:
+                raise BenchError(f"conventional add-client failed ({add.returncode}): {add.stderr.strip()[-500:]}")
+            client = json.loads(add.stdout.strip().splitlines()[-1])
+            port = free_port()
+            argv = [PYTHON, CONVENTIONAL_SERVE, "serve", "--var-dir", str(var), "--bind", f"127.0.0.1:{port}"]
+            argv += ["--acquirer", f"127.0.0.1:{sim_port}", "--workers", str(self.s.workers)]
+            argv += ["--log-level", self.s.log_level.lower()]
+            if self.tls.enabled:
+                argv += ["--certfile", self.tls.certfile, "--keyfile", self.tls.keyfile]
+            wait_tcp(self.procs, f"simulator-{name}", sim, sim_port)
+            proc = self.procs.start(name, argv)
+            started.append(proc)
+            wait_http(self.procs, name, proc, port, self.tls, "/healthz")
+            creds = self._token_and_preflight(port, client["client_id"], client["client_secret"], scenario)
+            return Target("conventional", port, proc.pid), creds, started
+        except BaseException:
+            for p in reversed(started):
+                self.procs.stop(p)
+            raise
+
+    def _start_simulator(self, name: str, latency_ms: float) -> tuple[subprocess.Popen[bytes], int]:
+        port = free_port()
+        cfg = self.work / f"{name}.toml"
+        cfg.write_text(simulator_toml(latency_ms), encoding="utf-8")
+        argv = [CLOUDLAYER, "simulator", "--bind", f"127.0.0.1:{port}", "--simulator-config", str(cfg)]
+        return self.procs.start(name, argv), port
+
+    def _token_and_preflight(self, port: int, client_id: str, client_secret: str, scenario: str) -> Credentials:
+        form = {"grant_type": "client_credentials", "client_id": client_id, "client_secret": client_secret}
+        status, body = http_request(
+            port,
+            self.tls,
+            "POST",
+            "/oauth/token",
+            urllib.parse.urlencode(form).encode(),
+            {"content-type": "application/x-www-form-urlencoded"},
+        )
+        if status != 200:
+            raise BenchError(f"POST /oauth/token answered {status}: {body[:300]!r}")
+        creds = Credentials(client_id, client_secret, json.loads(body)["access_token"])
+        probe = purchase_body().replace("{ID}", f"preflight-{scenario}-{self.run_tag}").encode()
+        headers = {"content-type": "application/json", "authorization": f"Bearer {creds.token}"}
+        status, body = http_request(port, self.tls, "POST", self.s.transaction_path, probe, headers)
+        if status != 200:
+            raise BenchError(f"preflight POST {self.s.transaction_path} answered {status}: {body[:300]!r}")
+        return creds
+
+    def measure_conventional(self, scenario: str, latency_ms: float, result: dict[str, Any]) -> None:
+        try:
+            target, creds, started = self.start_conventional(scenario, latency_ms)
+        except BenchError as e:
+            self.problems.append(f"{scenario}: conventional unavailable: {e}")
+            result["targets"]["conventional"] = {"error": str(e)[:500]}
+            print(f"  {scenario} / conventional: UNAVAILABLE: {str(e)[:300]}", flush=True)
+            return
+        try:
+            result["targets"]["conventional"] = self.measure(target, scenario, scenario_kinds(scenario, self.s, creds))
+        finally:
+            for p in reversed(started):
+                self.procs.stop(p)
+
     # measurements
 
     def loadgen(
@@ -675,6 +757,8 @@ class Bench:
                 result["targets"][name] = self.measure(target, scenario, kinds)
             finally:
                 self.procs.stop(proc)
+        if "conventional" in self.s.targets:
+            self.measure_conventional(scenario, latency, result)
         report.add_ratios(result)
         return result
 

@@ -17,13 +17,13 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "bench" / "run.py"
 
 
-def _run_bench(out_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def _run_bench(out_dir: Path, *extra: str, scenario: str = "unique") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
             str(RUN),
             "--scenario",
-            "unique",
+            scenario,
             "--targets",
             "bare-asgi,quart-trio",
             "--duration",
@@ -161,3 +161,22 @@ def test_workload_replays_only_answered_ids_byte_for_byte() -> None:
     assert 50 < len(replays) < 150  # replay_share 0.5 of 200, seeded
     assert set(replays) <= answered  # byte-identical resubmissions of answered requests only
     assert all(token is None for label, _, token in later if label == "purchase:replay")
+
+
+def test_bench_drives_the_conventional_host(tmp_path: Path) -> None:
+    """The conventional baseline as a target (~5 s): its own simulator and client, a token from its endpoint,
+    fresh purchases and replays of answered ones (the retry storm), then everything it started is gone."""
+    out = tmp_path / "results"
+    proc = _run_bench(out, "--targets", "conventional", "--no-sweep", scenario="retry")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["problems"] == []
+    target = run["scenarios"]["retry"]["targets"]["conventional"]
+    assert target["open"] == []
+    closed = target["closed"]
+    _check_measurement(closed)
+    assert set(closed["status"]) == {"purchase", "purchase:replay"}
+    assert set(closed["status"]["purchase:replay"]) == {"200"}
+    assert len(run["pids_started"]) == 3  # a simulator, the server, one load generator run
+    assert _leftovers(run) == []
+    assert "conventional" in (out / "summary.md").read_text()
