@@ -228,5 +228,8 @@ def _check(cfg: Config) -> None:
     sim = cfg.acquirer.simulator_config
     if cfg.acquirer.mode == "simulator" and sim and not Path(cfg.base_dir, sim).is_file():
         raise bad("acquirer.simulator_config", f"file not found: {sim}")
+    aiid = cfg.acquirer.acquirer_institution_id
+    if not (aiid.isascii() and aiid.isdigit() and len(aiid) <= 11):
+        raise bad("acquirer.acquirer_institution_id", "must be 1 to 11 digits (ISO 8583 field 32)")
     if cfg.acquirer.connections < 1 or cfg.acquirer.max_in_flight < 1:
         raise bad("acquirer.connections", "connections and max_in_flight must be at least 1")

@@ -25,10 +25,17 @@ from ..config import AcquirerConfig
 from ..sealing import Sealer
 from . import spec
 from .backoff import backoff_delay
-from .codec import FrameError, FrameReader, Framing, Message, decode, encode
+from .codec import EncodeError, FrameError, FrameReader, Framing, Message, decode, encode
 from .messages import build_request, network_request, parse_response, request_mti, reversal_for
 from .saf import DONE_RETENTION, SafItem, SafQueue, entry_key, owner_id
-from .types import AcquirerRequest, AcquirerResponse, AcquirerUnavailable, MessageKind, OutcomeUnknown
+from .types import (
+    AcquirerRequest,
+    AcquirerResponse,
+    AcquirerUnavailable,
+    MessageKind,
+    OutcomeUnknown,
+    RequestNotEncodable,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -142,10 +149,10 @@ class Iso8583Connector:
             return await self._send(request)
 
     async def _send(self, request: AcquirerRequest) -> AcquirerResponse:
-        msg = self._build(request, request_mti(request, self._cfg.purchase_mti))
+        msg, frame = self._encode(request, request_mti(request, self._cfg.purchase_mti))
         state = _SendState()
         try:
-            reply = await self._exchange(msg, state)
+            reply = await self._exchange(msg, state, frame=frame)
         except _NotSent as e:
             raise AcquirerUnavailable(str(e)) from None
         except _Unknown as e:
@@ -161,9 +168,9 @@ class Iso8583Connector:
 
     async def inquire(self, request: AcquirerRequest) -> AcquirerResponse | None:
         mti = spec.REPEAT_OF[request_mti(request, self._cfg.purchase_mti)]
-        msg = self._build(request, mti)
+        msg, frame = self._encode(request, mti)
         try:
-            reply = await self._exchange(msg, _SendState())
+            reply = await self._exchange(msg, _SendState(), frame=frame)
         except _NotSent as e:
             raise AcquirerUnavailable(str(e)) from None
         except _Unknown as e:
@@ -231,11 +238,15 @@ class Iso8583Connector:
 
     # --- exchanges --------------------------------------------------------------------------------------
 
-    def _build(self, request: AcquirerRequest, mti: str) -> Message:
+    def _encode(self, request: AcquirerRequest, mti: str) -> tuple[Message, bytes]:
+        """The message and its frame, made whole before anything is sent (RequestNotEncodable otherwise)."""
         try:
-            return build_request(request, mti, self._cfg.acquirer_institution_id)
-        except ValueError as e:
-            raise AcquirerUnavailable(f"request not sent: {e}") from None
+            msg = build_request(request, mti, self._cfg.acquirer_institution_id)
+            return msg, self._framing.wrap(encode(msg))
+        except EncodeError as e:
+            raise RequestNotEncodable(f"request not sent: {e}", e.field) from None
+        except ValueError as e:  # larger than a frame may be
+            raise RequestNotEncodable(f"request not sent: {e}", "") from None
 
     def _pick_link(self) -> _Link | None:
         up = [link for link in self._links if link.up]
@@ -243,13 +254,17 @@ class Iso8583Connector:
             return None
         return up[next(self._round_robin) % len(up)]
 
-    async def _exchange(self, msg: Message, state: _SendState, link: _Link | None = None) -> Message:
-        """Send `msg` and wait for its answer, within the acquirer timeout. Raises _NotSent or _Unknown."""
+    async def _exchange(
+        self, msg: Message, state: _SendState, link: _Link | None = None, *, frame: bytes | None = None
+    ) -> Message:
+        """Send `msg` (as `frame` if already encoded) and wait for its answer, within the acquirer timeout.
+        Raises _NotSent or _Unknown."""
         key = spec.match_key(msg["t"], msg["11"], msg.get("41", ""))
-        try:
-            frame = self._framing.wrap(encode(msg))
-        except ValueError as e:
-            raise _NotSent(str(e)) from None
+        if frame is None:
+            try:
+                frame = self._framing.wrap(encode(msg))
+            except ValueError as e:
+                raise _NotSent(str(e)) from None
         pending: _Pending | None = None
         with trio.move_on_after(self._cfg.timeout):
             async with self._slots:  # back-pressure: wait for a slot, within the deadline
