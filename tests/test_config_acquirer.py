@@ -18,6 +18,8 @@ from cloudlayer.config import ConfigError, load_config
         ('[acquirer]\nacquirer_institution_id = ""\n', "acquirer.acquirer_institution_id"),
         # fullwidth digits: isdigit() but not ASCII
         ('[acquirer]\nacquirer_institution_id = "\\uFF11\\uFF12"\n', "acquirer.acquirer_institution_id"),
+        ("[acquirer]\necho_interval = 0\n", "acquirer.echo_interval"),
+        ("[acquirer]\necho_interval = -1.0\n", "acquirer.echo_interval"),
     ],
 )
 def test_unworkable_acquirer_settings_are_named(tmp_path: Path, toml: str, key: str) -> None:

@@ -225,6 +225,8 @@ def _check(cfg: Config) -> None:
         raise bad("store.group_commit_max", "must be at least 1")
     if cfg.acquirer.timeout <= 0 or cfg.acquirer.connect_timeout <= 0:
         raise bad("acquirer.timeout", "timeouts must be positive")
+    if cfg.acquirer.echo_interval <= 0:  # 0 would echo back to back, for ever
+        raise bad("acquirer.echo_interval", "must be positive")
     sim = cfg.acquirer.simulator_config
     if cfg.acquirer.mode == "simulator" and sim and not Path(cfg.base_dir, sim).is_file():
         raise bad("acquirer.simulator_config", f"file not found: {sim}")

@@ -76,7 +76,9 @@ class _Link:
         self.up = False  # connected and signed on
         self.send_lock = trio.Lock()
         self.pending: set[Key] = set()
-        self.last_activity = 0.0
+        # When the acquirer last sent us anything. Only what it sends proves it alive: our own sends do not,
+        # or steady traffic to a dead acquirer (each request timing out) would keep the link 'up' forever.
+        self.last_received = 0.0
         self.scope: trio.CancelScope | None = None  # cancelling it drops the connection
 
     def drop(self, reason: str) -> None:
@@ -311,7 +313,6 @@ class Iso8583Connector:
             if scope.cancelled_caught:
                 link.drop("send stalled")
                 raise _Unknown("link stalled while sending")
-            link.last_activity = trio.current_time()
 
     # --- links ------------------------------------------------------------------------------------------
 
@@ -338,7 +339,7 @@ class Iso8583Connector:
             signed_on = False
             try:
                 link.stream = stream
-                link.last_activity = trio.current_time()
+                link.last_received = trio.current_time()
                 async with trio.open_nursery() as nursery:
                     link.scope = nursery.cancel_scope
                     nursery.start_soon(self._reader, link)
@@ -381,19 +382,20 @@ class Iso8583Connector:
         return True
 
     async def _echo_loop(self, link: _Link) -> None:
+        """Echo when the acquirer has sent nothing for echo_interval; an echo unanswered within the timeout
+        drops the link. A silent acquirer is so found within echo_interval + timeout, busy link or not."""
         interval = self._cfg.echo_interval
         while True:
-            idle_for = trio.current_time() - link.last_activity
-            if idle_for < interval:
-                await trio.sleep(interval - idle_for)
+            silent_for = trio.current_time() - link.last_received
+            if silent_for < interval:
+                await trio.sleep(interval - silent_for)
                 continue
             msg = network_request(spec.ECHO, self._next_network_stan(), self._cfg.acquirer_institution_id)
             try:
-                await self._exchange(msg, _SendState(), link=link)
+                await self._exchange(msg, _SendState(), link=link)  # its answer updates last_received
             except (_NotSent, _Unknown) as e:
                 link.drop(f"echo failed: {e}")
                 return
-            link.last_activity = trio.current_time()
 
     def _next_network_stan(self) -> str:
         return f"{next(self._network_stan) % 999_999 + 1:06d}"
@@ -407,7 +409,7 @@ class Iso8583Connector:
                 if payload is None:
                     link.drop("acquirer closed the connection")
                     return
-                link.last_activity = trio.current_time()
+                link.last_received = trio.current_time()
                 await self._on_message(link, decode(payload))
         except FrameError as e:
             self.garbage_frames += 1
