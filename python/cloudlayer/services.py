@@ -32,6 +32,9 @@ class Services:
             self.sealer,
             acquirer_timeout=cfg.acquirer.timeout,
             purchase_mti=cfg.acquirer.purchase_mti,
+            # Recovery waits this long for a signed-on link before concluding 'unknown' (and reversing): one
+            # connection attempt and its sign-on, what a restarted worker needs.
+            link_wait=cfg.acquirer.connect_timeout + cfg.acquirer.timeout,
         )
 
     def register_routes(self, app: QuartTrio) -> None:

@@ -90,6 +90,7 @@ class TransactionFlow:
         *,
         acquirer_timeout: float,
         purchase_mti: str,
+        link_wait: float | None = None,
     ) -> None:
         self._purchase_mti = purchase_mti
         self._store = store
@@ -98,6 +99,7 @@ class TransactionFlow:
         # A duplicate waits for the first attempt at most this long (the first is bounded by the acquirer
         # timeout, plus the time to queue a reversal and store the answer).
         self._wait_for_owner = acquirer_timeout * 2 + 5.0
+        self._link_wait = acquirer_timeout if link_wait is None else link_wait  # recovery's wait for a link
         self._nursery: trio.Nursery | None = None
 
     def attach(self, nursery: trio.Nursery) -> None:
@@ -248,6 +250,8 @@ class TransactionFlow:
                 resp, outcome = _our_decline(), "timeout-reversed"
             events = (Event(time.time(), "recovered", outcome),)
             return await self._finish(rec, resp, outcome, events, trio.current_time() - t0)
+        with trio.move_on_after(self._link_wait):  # after a restart the link may not be signed on yet: an
+            await self._connector.wait_ready()  # inquiry without it would reverse an approval it could recover
         try:
             found = await self._connector.inquire(acq_req)
         except RequestNotEncodable as e:
