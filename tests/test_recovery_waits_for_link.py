@@ -7,34 +7,17 @@ the acquirer answered; the restarted host's sign-on is answered late, and the re
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from cloudlayer.samples import sample_purchase
-from conftest import ServerProcess
 from txn_harness import Host, SimulatorProcess
 
 pytestmark = pytest.mark.slow
 
 SIGN_ON_DELAY = 2.0  # within the host's acquirer timeout (3 s), so the sign-on succeeds, late
-
-
-def start_before_the_link_is_up(host: Host) -> None:
-    """Start the host and return once a worker serves HTTP, without waiting for /readyz (the acquirer link)."""
-    host.server = ServerProcess.cloudlayer_serve(host.config)
-    host.server.wait_for_banner()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(host.url + "/healthz", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.02)
-    raise AssertionError("host not serving")
 
 
 def test_recovery_after_restart_waits_for_the_link_and_recovers_the_approval(
@@ -54,7 +37,7 @@ def test_recovery_after_restart_waits_for_the_link_and_recovers_the_approval(
         host.wait_replaced_worker()
         host.stop()
         simulator.set_faults(delay_seconds=SIGN_ON_DELAY, delay_next=1)  # the next answer is the sign-on
-        start_before_the_link_is_up(host)
+        host.start(wait_ready=False)
         ready = httpx.get(host.url + "/readyz", timeout=5)
         assert ready.status_code == 503 and "acquirer" in ready.text  # the case under test: no link yet
         answer = post()

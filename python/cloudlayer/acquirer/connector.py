@@ -26,8 +26,10 @@ from ..sealing import Sealer
 from . import spec
 from .backoff import backoff_delay
 from .codec import EncodeError, FrameError, FrameReader, Framing, Message, decode, encode
+from .link import Key, _Link, _NotSent, _Pending, _SendState, _Unknown
 from .messages import build_request, network_request, parse_response, request_mti, reversal_for
 from .saf import DONE_RETENTION, SafItem, SafQueue, entry_key, owner_id
+from .tls import client_context, connect_failure
 from .types import (
     AcquirerRequest,
     AcquirerResponse,
@@ -38,53 +40,6 @@ from .types import (
 )
 
 log = structlog.get_logger(__name__)
-
-Key = tuple[str, str, str]
-
-
-class _NotSent(Exception):
-    """Nothing left this process: safe to treat as a decline."""
-
-
-class _Unknown(Exception):
-    """The message may have reached the acquirer; no answer came."""
-
-
-class _SendState:
-    __slots__ = ("sent",)
-
-    def __init__(self) -> None:
-        self.sent = False
-
-
-class _Pending:
-    __slots__ = ("error", "event", "link", "response")
-
-    def __init__(self, link: _Link) -> None:
-        self.link = link
-        self.event = trio.Event()
-        self.response: Message | None = None
-        self.error: str | None = None
-
-
-class _Link:
-    """One TCP connection and what is in flight on it."""
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.stream: trio.abc.Stream | None = None
-        self.up = False  # connected and signed on
-        self.send_lock = trio.Lock()
-        self.pending: set[Key] = set()
-        # When the acquirer last sent us anything. Only what it sends proves it alive: our own sends do not,
-        # or steady traffic to a dead acquirer (each request timing out) would keep the link 'up' forever.
-        self.last_received = 0.0
-        self.scope: trio.CancelScope | None = None  # cancelling it drops the connection
-
-    def drop(self, reason: str) -> None:
-        if self.scope is not None and not self.scope.cancel_called:
-            log.warning("acquirer_link_dropped", link=self.index, reason=reason)
-            self.scope.cancel()
 
 
 class Iso8583Connector:
@@ -98,10 +53,13 @@ class Iso8583Connector:
         *,
         host: str | None = None,
         port: int | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self._cfg = config
         self._host = host or config.host
         self._port = port if port is not None else config.port
+        # Built once (files read at start, not per reconnect); from the config's paths as given if not passed.
+        self._tls = tls_context or client_context(config)
         self._framing = Framing(config.length_prefix)
         self._saf = SafQueue(saf_path, sealer)
         self._owner = owner_id()
@@ -319,11 +277,14 @@ class Iso8583Connector:
     async def _connect(self) -> trio.abc.Stream:
         with trio.fail_after(self._cfg.connect_timeout):
             tcp = await trio.open_tcp_stream(self._host, self._port)
-            if not self._cfg.tls:
+            if self._tls is None:
                 return tcp
-            context = ssl.create_default_context(cafile=self._cfg.tls_ca or None)
-            tls = trio.SSLStream(tcp, context, server_hostname=self._host)
-            await tls.do_handshake()
+            tls = trio.SSLStream(tcp, self._tls, server_hostname=self._host)  # checks the name, not only the CA
+            try:
+                await tls.do_handshake()
+            except BaseException:
+                await trio.aclose_forcefully(tcp)  # a refused handshake must not leak the socket, once per retry
+                raise
             return tls
 
     async def _link_loop(self, link: _Link) -> None:
@@ -332,7 +293,8 @@ class Iso8583Connector:
             try:
                 stream = await self._connect()
             except (OSError, trio.TooSlowError, trio.BrokenResourceError, ssl.SSLError) as e:
-                log.warning("acquirer_connect_failed", link=link.index, error=type(e).__name__, attempt=attempt)
+                error, reason = connect_failure(e)
+                log.warning("acquirer_connect_failed", link=link.index, error=error, reason=reason, attempt=attempt)
                 await trio.sleep(backoff_delay(attempt, self._cfg.reconnect_min, self._cfg.reconnect_max))
                 attempt += 1
                 continue
