@@ -8,6 +8,7 @@ simulator refuses a host without a client certificate or with one from another C
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import trio
 from cloudlayer.samples import sample_purchase
 from conftest import TLSFiles
 from test_acquirer_support import acquirer_config, request, running_connector, running_simulator, sim_config
-from txn_harness import Host, SimulatorProcess
+from txn_harness import CLOUDLAYER, Host, SimulatorProcess
 
 # Long enough for several connection attempts (reconnect_max 0.2 s): a refused link stays down throughout.
 REFUSED_FOR = 1.5
@@ -169,3 +170,21 @@ def test_unusable_acquirer_tls_files_stop_the_start_with_one_line(tmp_path: Path
     finally:
         host.stop()
         sim.stop()
+
+
+@pytest.mark.parametrize("case", ["missing", "not a PEM", "certificate only", "client CA only"])
+def test_the_simulator_refuses_unusable_tls_flags_in_one_line(tmp_path: Path, tls_files: TLSFiles, case: str) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n")
+    flags = {
+        "missing": ["--tls-certfile", str(tmp_path / "none.pem"), "--tls-keyfile", str(tmp_path / "none.key")],
+        "not a PEM": ["--tls-certfile", str(garbage), "--tls-keyfile", str(garbage)],
+        "certificate only": ["--tls-certfile", str(tls_files.server_cert)],
+        "client CA only": ["--tls-client-ca", str(tls_files.ca_pem)],
+    }[case]
+    done = subprocess.run(
+        [CLOUDLAYER, "simulator", "--bind", "127.0.0.1:0", *flags], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout.startswith("cloudlayer simulator: ") and "tls" in done.stdout and not done.stderr
+    assert len(done.stdout.splitlines()) == 1

@@ -8,8 +8,6 @@ import json
 
 
 def _cmd_simulator(args: argparse.Namespace) -> int:
-    import ssl
-
     import msgspec
     import trio
 
@@ -21,9 +19,13 @@ def _cmd_simulator(args: argparse.Namespace) -> int:
         overrides = {k: v for k in ("tls_certfile", "tls_keyfile", "tls_client_ca") if (v := getattr(args, k))}
         config = msgspec.structs.replace(config, **overrides)
         check_tls(config, "--tls-*")
-        simulator = Simulator(config)
     except (OSError, ValueError) as e:
         print(f"cloudlayer simulator: {e}")
+        return 2
+    try:
+        simulator = Simulator(config)  # reads the TLS files
+    except OSError as e:  # ssl.SSLError included
+        print(f"cloudlayer simulator: TLS files unusable (tls_certfile/tls_keyfile/tls_client_ca): {e.strerror or e}")
         return 2
     host, _, port = args.bind.rpartition(":")
     if not host or not port.isdigit():
@@ -43,9 +45,6 @@ def _cmd_simulator(args: argparse.Namespace) -> int:
         trio.run(main)
     except KeyboardInterrupt:
         pass
-    except (OSError, ssl.SSLError) as e:  # unreadable TLS files, a port in use
-        print(f"cloudlayer simulator: {e}")
-        return 2
     return 0
 
 

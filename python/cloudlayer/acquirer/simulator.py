@@ -47,6 +47,8 @@ class Simulator:
         self.port = 0
         self.admin_port = 0
         self._framing = Framing(self.config.length_prefix)
+        c = self.config  # TLS files are read here, once: a bad one fails the construction, not the serving
+        self._tls = server_context(c.tls_certfile, c.tls_keyfile, c.tls_client_ca) if c.tls_certfile else None
 
     # --- serving ----------------------------------------------------------------------------------------
 
@@ -55,14 +57,12 @@ class Simulator:
     ) -> None:
         tcp = await trio.open_tcp_listeners(port, host=host)
         self.port = tcp[0].socket.getsockname()[1]
-        cfg = self.config
         listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(tcp)
-        if cfg.tls_certfile:
-            context = server_context(cfg.tls_certfile, cfg.tls_keyfile, cfg.tls_client_ca)
-            listeners = [trio.SSLListener(listener, context) for listener in tcp]
+        if self._tls is not None:
+            listeners = [trio.SSLListener(listener, self._tls) for listener in tcp]
         async with trio.open_nursery() as nursery:
-            if cfg.admin_bind:
-                admin_host, _, admin_port = cfg.admin_bind.rpartition(":")
+            if self.config.admin_bind:
+                admin_host, _, admin_port = self.config.admin_bind.rpartition(":")
                 self.admin_port = await nursery.start(self._serve_admin, admin_host, int(admin_port))
             await nursery.start(trio.serve_listeners, self._handle_connection, listeners)
             log.info("simulator_listening", host=host, port=self.port, admin_port=self.admin_port, tls=self.tls)
