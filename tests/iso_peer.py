@@ -75,11 +75,12 @@ async def read_frame(stream: trio.abc.ReceiveStream, buf: bytearray) -> dict[str
 class PeerAcquirer:
     """A minimal acquirer: approves everything with code 00 and approval code PEER01, answers in random order.
 
-    It records what it received as (mti, stan, terminal) tuples.
+    It records what it received as (mti, stan, terminal) tuples, and each message whole in `messages`.
     """
 
     def __init__(self) -> None:
         self.received: list[tuple[str, str, str]] = []
+        self.messages: list[dict[str, str]] = []
         self.port = 0
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -95,6 +96,7 @@ class PeerAcquirer:
         async with trio.open_nursery() as nursery:
             while (doc := await read_frame(stream, buf)) is not None:
                 self.received.append((doc["t"], doc.get("11", ""), doc.get("41", "")))
+                self.messages.append(doc)
                 nursery.start_soon(self._answer, stream, lock, doc)
 
     async def _answer(self, stream: trio.SocketStream, lock: trio.Lock, doc: dict[str, str]) -> None:

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,9 @@ def free_port() -> int:
 class SimulatorProcess:
     """`cloudlayer simulator` with zero latency (unless told otherwise) and its admin port."""
 
-    def __init__(self, workdir: Path, *, latency_ms: int = 0, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, *, latency_ms: int = 0, port: int | None = None, args: Sequence[str] = ()
+    ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.admin_port = free_port()
@@ -41,7 +43,7 @@ class SimulatorProcess:
         self.config.write_text(base)
         self.log = open(workdir / "simulator.log", "wb")
         self.proc = subprocess.Popen(
-            [CLOUDLAYER, "simulator", "--config", str(self.config), "--bind", f"127.0.0.1:{self.port}"],
+            [CLOUDLAYER, "simulator", "--config", str(self.config), "--bind", f"127.0.0.1:{self.port}", *args],
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
@@ -119,13 +121,15 @@ class Host:
         doc = json.loads(out.stdout)
         return str(doc["client_id"]), str(doc["client_secret"])
 
-    def start(self, env: Mapping[str, str] | None = None) -> None:
+    def start(self, env: Mapping[str, str] | None = None, *, wait_ready: bool = True) -> None:
+        """Start and wait until /readyz says ready (or, with wait_ready=False, until a worker answers
+        /healthz: the acquirer link may not be up yet)."""
         self.server = ServerProcess.cloudlayer_serve(self.config, env)
         self.server.wait_for_banner()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                if httpx.get(self.url + "/readyz", timeout=5).status_code == 200:
+                if httpx.get(self.url + ("/readyz" if wait_ready else "/healthz"), timeout=5).status_code == 200:
                     return
             except httpx.TransportError:
                 pass

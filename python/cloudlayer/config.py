@@ -92,7 +92,11 @@ class AcquirerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = 9583
     tls: bool = False
+    # TLS files; relative paths are under server.var_dir, like server.certfile. tls_ca: the CA bundle the
+    # acquirer's certificate must chain to ("" = the system's). tls_certfile/keyfile: ours, for mutual TLS.
     tls_ca: str = ""
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
     connections: int = 1
     timeout: float = 10.0
     connect_timeout: float = 5.0
@@ -225,8 +229,20 @@ def _check(cfg: Config) -> None:
         raise bad("store.group_commit_max", "must be at least 1")
     if cfg.acquirer.timeout <= 0 or cfg.acquirer.connect_timeout <= 0:
         raise bad("acquirer.timeout", "timeouts must be positive")
+    acq = cfg.acquirer
+    if bool(acq.tls_certfile) != bool(acq.tls_keyfile):
+        raise bad("acquirer.tls_certfile", "and acquirer.tls_keyfile must be set together")
+    if (acq.tls_ca or acq.tls_certfile) and not acq.tls:
+        raise bad("acquirer.tls_ca" if acq.tls_ca else "acquirer.tls_certfile", "needs acquirer.tls = true")
+    if acq.tls and acq.mode == "simulator":
+        raise bad("acquirer.tls", 'needs mode = "tcp" (the in-process simulator is plain loopback TCP)')
+    if cfg.acquirer.echo_interval <= 0:  # 0 would echo back to back, for ever
+        raise bad("acquirer.echo_interval", "must be positive")
     sim = cfg.acquirer.simulator_config
     if cfg.acquirer.mode == "simulator" and sim and not Path(cfg.base_dir, sim).is_file():
         raise bad("acquirer.simulator_config", f"file not found: {sim}")
+    aiid = cfg.acquirer.acquirer_institution_id
+    if not (aiid.isascii() and aiid.isdigit() and len(aiid) <= 11):
+        raise bad("acquirer.acquirer_institution_id", "must be 1 to 11 digits (ISO 8583 field 32)")
     if cfg.acquirer.connections < 1 or cfg.acquirer.max_in_flight < 1:
         raise bad("acquirer.connections", "connections and max_in_flight must be at least 1")

@@ -23,8 +23,9 @@ def embedded_simulator_config(cfg: Config) -> SimulatorConfig:
         sim_cfg = load_simulator_config(Path(cfg.base_dir, path) if path else None)
     except (OSError, ValueError) as e:
         raise ConfigError(f"invalid config: `acquirer.simulator_config` {e}") from None
-    # The file's fixed admin port would clash with another dev host; any free port will do here.
-    return msgspec.structs.replace(sim_cfg, admin_bind="127.0.0.1:0")
+    # The file's fixed admin port would clash with another dev host; any free port will do here. The workers
+    # reach it over loopback in plain TCP (acquirer.tls needs mode = "tcp"), so its TLS settings do not apply.
+    return msgspec.structs.replace(sim_cfg, admin_bind="127.0.0.1:0", tls_certfile="", tls_keyfile="", tls_client_ca="")
 
 
 async def run_embedded_simulator(

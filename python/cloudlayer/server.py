@@ -32,6 +32,7 @@ from hypercorn.utils import repr_socket_addr
 
 from . import devmode, hypercorn_fixes
 from .acquirer.simulator_config import SimulatorConfig
+from .acquirer.tls import check_client_files
 from .config import Config, ConfigError, LoggingConfig
 from .observability import metrics
 from .observability.logging import configure_logging
@@ -161,6 +162,7 @@ def serve(cfg: Config, config_path: str | None, *, application_path: str = APPLI
     hc = hypercorn_config(cfg, config_path)
     hc.application_path = application_path
     sim_cfg = devmode.embedded_simulator_config(cfg) if cfg.acquirer.mode == "simulator" else None
+    check_client_files(cfg)
     if cfg.metrics.enabled:
         metrics.prepare_multiprocess_dir(cfg.var_path("metrics"))
     try:

@@ -6,6 +6,7 @@ import trio
 from quart_trio import QuartTrio
 
 from .acquirer.connector import Iso8583Connector
+from .acquirer.tls import client_context
 from .config import Config
 from .http import openapi
 from .oauth import register_routes as register_oauth_routes
@@ -25,13 +26,21 @@ class Services:
         self.sealer = Sealer.from_config(cfg)
         self.oauth = OAuthService.from_config(cfg)
         self.store = LmdbStore.from_config(cfg)
-        self.connector = Iso8583Connector(cfg.acquirer, cfg.var_path(cfg.acquirer.saf_path), self.sealer)
+        self.connector = Iso8583Connector(
+            cfg.acquirer,
+            cfg.var_path(cfg.acquirer.saf_path),
+            self.sealer,
+            tls_context=client_context(cfg.acquirer, cfg.var_path),  # checked at start (server.serve)
+        )
         self.flow = TransactionFlow(
             self.store,
             self.connector,
             self.sealer,
             acquirer_timeout=cfg.acquirer.timeout,
             purchase_mti=cfg.acquirer.purchase_mti,
+            # Recovery waits this long for a signed-on link before concluding 'unknown' (and reversing): one
+            # connection attempt and its sign-on, what a restarted worker needs.
+            link_wait=cfg.acquirer.connect_timeout + cfg.acquirer.timeout,
         )
 
     def register_routes(self, app: QuartTrio) -> None:

@@ -22,6 +22,14 @@ class FrameError(Exception):
         self.frame_length = len(frame)
 
 
+class EncodeError(ValueError):
+    """A value our dialect cannot carry; `field` is its ISO 8583 field number (the message never holds the value)."""
+
+    def __init__(self, reason: str, field: str) -> None:
+        super().__init__(f"{reason} (field {field})")
+        self.field = field
+
+
 def masked_prefix(frame: bytes) -> str:
     """Hex of the first 4 bytes (the MTI position) and nothing else: safe to log."""
     return frame[:4].hex() + ("…" if len(frame) > 4 else "")
@@ -86,12 +94,12 @@ class FrameReader:
 
 
 def encode(message: Message) -> bytes:
-    """Encode a message dict (field number -> value; binary fields as hex). Raises ValueError naming the field."""
+    """Encode a message dict (field number -> value; binary fields as hex). Raises EncodeError naming the field."""
     try:
         raw, _ = iso8583.encode(dict(message), SPEC)
     except iso8583.EncodeError as e:
         # e.msg names the problem and e.field the field; never the value (it may be a PAN).
-        raise ValueError(f"cannot encode ISO 8583 message: {e.msg}: field {e.field}") from None
+        raise EncodeError(f"cannot encode ISO 8583 message: {e.msg}", str(e.field)) from None
     return bytes(raw)
 
 

@@ -8,21 +8,29 @@ import json
 
 
 def _cmd_simulator(args: argparse.Namespace) -> int:
+    import msgspec
     import trio
 
     from .simulator import Simulator
-    from .simulator_config import load_simulator_config
+    from .simulator_config import check_tls, load_simulator_config
 
     try:
         config = load_simulator_config(args.simulator_config or args.config)
+        overrides = {k: v for k in ("tls_certfile", "tls_keyfile", "tls_client_ca") if (v := getattr(args, k))}
+        config = msgspec.structs.replace(config, **overrides)
+        check_tls(config, "--tls-*")
     except (OSError, ValueError) as e:
         print(f"cloudlayer simulator: {e}")
+        return 2
+    try:
+        simulator = Simulator(config)  # reads the TLS files
+    except OSError as e:  # ssl.SSLError included
+        print(f"cloudlayer simulator: TLS files unusable (tls_certfile/tls_keyfile/tls_client_ca): {e.strerror or e}")
         return 2
     host, _, port = args.bind.rpartition(":")
     if not host or not port.isdigit():
         print(f"cloudlayer simulator: --bind must be HOST:PORT, got {args.bind!r}")
         return 2
-    simulator = Simulator(config)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -31,6 +39,7 @@ def _cmd_simulator(args: argparse.Namespace) -> int:
                 f"simulator listening on {host}:{simulator.port}, admin http://{host}:{simulator.admin_port}/ledger",
                 flush=True,
             )
+            print(f"  ISO 8583 over {simulator.tls}", flush=True)
 
     try:
         trio.run(main)
@@ -83,6 +92,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
         default=None,
         help="simulator rules TOML (default: the --config file itself if given, else built-in defaults)",
     )
+    p.add_argument("--tls-certfile", default="", help="serve TLS with this certificate (PEM); overrides the config")
+    p.add_argument("--tls-keyfile", default="", help="the certificate's private key (PEM)")
+    p.add_argument("--tls-client-ca", default="", help="require client certificates from this CA (mutual TLS)")
     p.set_defaults(func=_cmd_simulator)
 
     s = sub.add_parser("saf", parents=[common], help="inspect or retry the store-and-forward reversal queue")

@@ -25,57 +25,21 @@ from ..config import AcquirerConfig
 from ..sealing import Sealer
 from . import spec
 from .backoff import backoff_delay
-from .codec import FrameError, FrameReader, Framing, Message, decode, encode
+from .codec import EncodeError, FrameError, FrameReader, Framing, Message, decode, encode
+from .link import Key, _Link, _NotSent, _Pending, _SendState, _Unknown
 from .messages import build_request, network_request, parse_response, request_mti, reversal_for
 from .saf import DONE_RETENTION, SafItem, SafQueue, entry_key, owner_id
-from .types import AcquirerRequest, AcquirerResponse, AcquirerUnavailable, MessageKind, OutcomeUnknown
+from .tls import client_context, connect_failure
+from .types import (
+    AcquirerRequest,
+    AcquirerResponse,
+    AcquirerUnavailable,
+    MessageKind,
+    OutcomeUnknown,
+    RequestNotEncodable,
+)
 
 log = structlog.get_logger(__name__)
-
-Key = tuple[str, str, str]
-
-
-class _NotSent(Exception):
-    """Nothing left this process: safe to treat as a decline."""
-
-
-class _Unknown(Exception):
-    """The message may have reached the acquirer; no answer came."""
-
-
-class _SendState:
-    __slots__ = ("sent",)
-
-    def __init__(self) -> None:
-        self.sent = False
-
-
-class _Pending:
-    __slots__ = ("error", "event", "link", "response")
-
-    def __init__(self, link: _Link) -> None:
-        self.link = link
-        self.event = trio.Event()
-        self.response: Message | None = None
-        self.error: str | None = None
-
-
-class _Link:
-    """One TCP connection and what is in flight on it."""
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.stream: trio.abc.Stream | None = None
-        self.up = False  # connected and signed on
-        self.send_lock = trio.Lock()
-        self.pending: set[Key] = set()
-        self.last_activity = 0.0
-        self.scope: trio.CancelScope | None = None  # cancelling it drops the connection
-
-    def drop(self, reason: str) -> None:
-        if self.scope is not None and not self.scope.cancel_called:
-            log.warning("acquirer_link_dropped", link=self.index, reason=reason)
-            self.scope.cancel()
 
 
 class Iso8583Connector:
@@ -89,10 +53,13 @@ class Iso8583Connector:
         *,
         host: str | None = None,
         port: int | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self._cfg = config
         self._host = host or config.host
         self._port = port if port is not None else config.port
+        # Built once (files read at start, not per reconnect); from the config's paths as given if not passed.
+        self._tls = tls_context or client_context(config)
         self._framing = Framing(config.length_prefix)
         self._saf = SafQueue(saf_path, sealer)
         self._owner = owner_id()
@@ -142,10 +109,10 @@ class Iso8583Connector:
             return await self._send(request)
 
     async def _send(self, request: AcquirerRequest) -> AcquirerResponse:
-        msg = self._build(request, request_mti(request, self._cfg.purchase_mti))
+        msg, frame = self._encode(request, request_mti(request, self._cfg.purchase_mti))
         state = _SendState()
         try:
-            reply = await self._exchange(msg, state)
+            reply = await self._exchange(msg, state, frame=frame)
         except _NotSent as e:
             raise AcquirerUnavailable(str(e)) from None
         except _Unknown as e:
@@ -161,9 +128,9 @@ class Iso8583Connector:
 
     async def inquire(self, request: AcquirerRequest) -> AcquirerResponse | None:
         mti = spec.REPEAT_OF[request_mti(request, self._cfg.purchase_mti)]
-        msg = self._build(request, mti)
+        msg, frame = self._encode(request, mti)
         try:
-            reply = await self._exchange(msg, _SendState())
+            reply = await self._exchange(msg, _SendState(), frame=frame)
         except _NotSent as e:
             raise AcquirerUnavailable(str(e)) from None
         except _Unknown as e:
@@ -231,11 +198,15 @@ class Iso8583Connector:
 
     # --- exchanges --------------------------------------------------------------------------------------
 
-    def _build(self, request: AcquirerRequest, mti: str) -> Message:
+    def _encode(self, request: AcquirerRequest, mti: str) -> tuple[Message, bytes]:
+        """The message and its frame, made whole before anything is sent (RequestNotEncodable otherwise)."""
         try:
-            return build_request(request, mti, self._cfg.acquirer_institution_id)
-        except ValueError as e:
-            raise AcquirerUnavailable(f"request not sent: {e}") from None
+            msg = build_request(request, mti, self._cfg.acquirer_institution_id)
+            return msg, self._framing.wrap(encode(msg))
+        except EncodeError as e:
+            raise RequestNotEncodable(f"request not sent: {e}", e.field) from None
+        except ValueError as e:  # larger than a frame may be
+            raise RequestNotEncodable(f"request not sent: {e}", "") from None
 
     def _pick_link(self) -> _Link | None:
         up = [link for link in self._links if link.up]
@@ -243,13 +214,17 @@ class Iso8583Connector:
             return None
         return up[next(self._round_robin) % len(up)]
 
-    async def _exchange(self, msg: Message, state: _SendState, link: _Link | None = None) -> Message:
-        """Send `msg` and wait for its answer, within the acquirer timeout. Raises _NotSent or _Unknown."""
+    async def _exchange(
+        self, msg: Message, state: _SendState, link: _Link | None = None, *, frame: bytes | None = None
+    ) -> Message:
+        """Send `msg` (as `frame` if already encoded) and wait for its answer, within the acquirer timeout.
+        Raises _NotSent or _Unknown."""
         key = spec.match_key(msg["t"], msg["11"], msg.get("41", ""))
-        try:
-            frame = self._framing.wrap(encode(msg))
-        except ValueError as e:
-            raise _NotSent(str(e)) from None
+        if frame is None:
+            try:
+                frame = self._framing.wrap(encode(msg))
+            except ValueError as e:
+                raise _NotSent(str(e)) from None
         pending: _Pending | None = None
         with trio.move_on_after(self._cfg.timeout):
             async with self._slots:  # back-pressure: wait for a slot, within the deadline
@@ -296,18 +271,20 @@ class Iso8583Connector:
             if scope.cancelled_caught:
                 link.drop("send stalled")
                 raise _Unknown("link stalled while sending")
-            link.last_activity = trio.current_time()
 
     # --- links ------------------------------------------------------------------------------------------
 
     async def _connect(self) -> trio.abc.Stream:
         with trio.fail_after(self._cfg.connect_timeout):
             tcp = await trio.open_tcp_stream(self._host, self._port)
-            if not self._cfg.tls:
+            if self._tls is None:
                 return tcp
-            context = ssl.create_default_context(cafile=self._cfg.tls_ca or None)
-            tls = trio.SSLStream(tcp, context, server_hostname=self._host)
-            await tls.do_handshake()
+            tls = trio.SSLStream(tcp, self._tls, server_hostname=self._host)  # checks the name, not only the CA
+            try:
+                await tls.do_handshake()
+            except BaseException:
+                await trio.aclose_forcefully(tcp)  # a refused handshake must not leak the socket, once per retry
+                raise
             return tls
 
     async def _link_loop(self, link: _Link) -> None:
@@ -316,14 +293,15 @@ class Iso8583Connector:
             try:
                 stream = await self._connect()
             except (OSError, trio.TooSlowError, trio.BrokenResourceError, ssl.SSLError) as e:
-                log.warning("acquirer_connect_failed", link=link.index, error=type(e).__name__, attempt=attempt)
+                error, reason = connect_failure(e)
+                log.warning("acquirer_connect_failed", link=link.index, error=error, reason=reason, attempt=attempt)
                 await trio.sleep(backoff_delay(attempt, self._cfg.reconnect_min, self._cfg.reconnect_max))
                 attempt += 1
                 continue
             signed_on = False
             try:
                 link.stream = stream
-                link.last_activity = trio.current_time()
+                link.last_received = trio.current_time()
                 async with trio.open_nursery() as nursery:
                     link.scope = nursery.cancel_scope
                     nursery.start_soon(self._reader, link)
@@ -366,19 +344,20 @@ class Iso8583Connector:
         return True
 
     async def _echo_loop(self, link: _Link) -> None:
+        """Echo when the acquirer has sent nothing for echo_interval; an echo unanswered within the timeout
+        drops the link. A silent acquirer is so found within echo_interval + timeout, busy link or not."""
         interval = self._cfg.echo_interval
         while True:
-            idle_for = trio.current_time() - link.last_activity
-            if idle_for < interval:
-                await trio.sleep(interval - idle_for)
+            silent_for = trio.current_time() - link.last_received
+            if silent_for < interval:
+                await trio.sleep(interval - silent_for)
                 continue
             msg = network_request(spec.ECHO, self._next_network_stan(), self._cfg.acquirer_institution_id)
             try:
-                await self._exchange(msg, _SendState(), link=link)
+                await self._exchange(msg, _SendState(), link=link)  # its answer updates last_received
             except (_NotSent, _Unknown) as e:
                 link.drop(f"echo failed: {e}")
                 return
-            link.last_activity = trio.current_time()
 
     def _next_network_stan(self) -> str:
         return f"{next(self._network_stan) % 999_999 + 1:06d}"
@@ -392,7 +371,7 @@ class Iso8583Connector:
                 if payload is None:
                     link.drop("acquirer closed the connection")
                     return
-                link.last_activity = trio.current_time()
+                link.last_received = trio.current_time()
                 await self._on_message(link, decode(payload))
         except FrameError as e:
             self.garbage_frames += 1

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from . import spec
-from .codec import Message
+from .codec import EncodeError, Message
 from .types import AcquirerRequest, AcquirerResponse, MessageKind, OriginalData
 
 
@@ -24,14 +24,14 @@ def request_mti(request: AcquirerRequest, purchase_mti: str) -> str:
 
 
 def build_request(request: AcquirerRequest, mti: str, acquirer_id: str) -> Message:
-    """Field dict for a 0100/0101/0200/0201/0400/0401. Raises ValueError naming a bad field (never its value)."""
+    """Field dict for a 0100/0101/0200/0201/0400/0401. Raises EncodeError naming a bad field (never its value)."""
     pos = request.pos_entry_mode
     if len(pos) == 2:
-        pos += "0"  # 2-digit PAN entry mode: PIN entry capability unspecified
+        pos += "0"  # 2-digit PAN entry mode, then the PIN entry capability: 0 = unspecified
     if len(pos) != 3 or not pos.isdigit():
-        raise ValueError("pos_entry_mode must be 2 or 3 digits (field 22)")
+        raise EncodeError("pos_entry_mode must be 2 or 3 digits", "22")
     if not 0 <= request.amount < 10**12:
-        raise ValueError("amount out of range (field 4)")
+        raise EncodeError("amount out of range", "4")
     msg: Message = {
         "t": mti,
         "3": _processing_code(request),
@@ -62,7 +62,7 @@ def build_request(request: AcquirerRequest, mti: str, acquirer_id: str) -> Messa
         msg["55"] = request.icc_data.hex()
     if request.kind is MessageKind.REVERSAL:
         if request.original is None:
-            raise ValueError("a reversal needs the original data elements (field 90)")
+            raise EncodeError("a reversal needs the original data elements", "90")
         o = request.original
         msg["90"] = spec.original_data(o.mti, o.stan, o.transmission_datetime, o.acquirer_institution_id or acquirer_id)
     return msg

@@ -23,6 +23,7 @@ from . import spec
 from .codec import FrameError, FrameReader, Framing, Message, decode, encode
 from .ledger import Ledger
 from .simulator_config import FaultConfig, SimulatorConfig
+from .tls import server_context
 
 log = structlog.get_logger(__name__)
 
@@ -46,23 +47,44 @@ class Simulator:
         self.port = 0
         self.admin_port = 0
         self._framing = Framing(self.config.length_prefix)
+        c = self.config  # TLS files are read here, once: a bad one fails the construction, not the serving
+        self._tls = server_context(c.tls_certfile, c.tls_keyfile, c.tls_client_ca) if c.tls_certfile else None
 
     # --- serving ----------------------------------------------------------------------------------------
 
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        listeners = await trio.open_tcp_listeners(port, host=host)
-        self.port = listeners[0].socket.getsockname()[1]
+        tcp = await trio.open_tcp_listeners(port, host=host)
+        self.port = tcp[0].socket.getsockname()[1]
+        listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(tcp)
+        if self._tls is not None:
+            listeners = [trio.SSLListener(listener, self._tls) for listener in tcp]
         async with trio.open_nursery() as nursery:
             if self.config.admin_bind:
                 admin_host, _, admin_port = self.config.admin_bind.rpartition(":")
                 self.admin_port = await nursery.start(self._serve_admin, admin_host, int(admin_port))
             await nursery.start(trio.serve_listeners, self._handle_connection, listeners)
-            log.info("simulator_listening", host=host, port=self.port, admin_port=self.admin_port)
+            log.info("simulator_listening", host=host, port=self.port, admin_port=self.admin_port, tls=self.tls)
             task_status.started(self.port)
 
-    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+    @property
+    def tls(self) -> str:
+        """How the listener speaks: plain TCP, TLS, or mutual TLS (a client certificate required)."""
+        if not self.config.tls_certfile:
+            return "plain TCP"
+        return "mutual TLS" if self.config.tls_client_ca else "TLS"
+
+    async def _handle_connection(self, stream: trio.abc.Stream) -> None:
+        if isinstance(stream, trio.SSLStream):
+            try:
+                with trio.fail_after(10):  # a client that connects and says nothing holds nothing for long
+                    await stream.do_handshake()
+            except (trio.BrokenResourceError, trio.TooSlowError) as e:
+                # Wrong CA, wrong name, no or an unknown client certificate: the client is refused.
+                log.warning("simulator_tls_refused", error=type(e.__cause__ or e).__name__)
+                await trio.aclose_forcefully(stream)
+                return
         write_lock = trio.Lock()
         reader = FrameReader(stream, self._framing)
         try:
@@ -85,7 +107,7 @@ class Simulator:
             await trio.aclose_forcefully(stream)
 
     async def _answer(
-        self, msg: Message, stream: trio.SocketStream, lock: trio.Lock, connection: trio.CancelScope
+        self, msg: Message, stream: trio.abc.Stream, lock: trio.Lock, connection: trio.CancelScope
     ) -> None:
         answer = self.process(msg)  # ledger first: the acquirer "did it" even if the answer is lost
         await trio.sleep(self._latency())

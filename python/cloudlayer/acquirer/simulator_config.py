@@ -33,6 +33,10 @@ class FaultConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class SimulatorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     length_prefix: Literal["2B", "4B", "4A"] = "2B"
+    # TLS listener (PEM files; "" = plain TCP). With tls_client_ca, a client certificate from it is required.
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
+    tls_client_ca: str = ""
     # Loopback HTTP/JSON admin port (GET /ledger, GET|POST /faults); "" disables it, port 0 picks one.
     admin_bind: str = "127.0.0.1:0"
     default_response: str = "00"
@@ -57,9 +61,17 @@ def load_simulator_config(path: str | Path | None) -> SimulatorConfig:
         cfg = msgspec.convert(table, SimulatorConfig, strict=True)
     except msgspec.ValidationError as e:
         raise ValueError(f"{path}: invalid simulator config: {e}") from None
+    check_tls(cfg, str(path))
     for code in [cfg.default_response, *cfg.responses.values()]:
         if len(code) != 2:
             raise ValueError(f"{path}: response codes must be 2 characters, got {code!r}")
     for value in [cfg.issuer_authentication_data, *(v for s in cfg.scripts.values() for v in s.values())]:
         bytes.fromhex(value)  # ValueError names the bad hex
     return cfg
+
+
+def check_tls(cfg: SimulatorConfig, where: str) -> None:
+    if bool(cfg.tls_certfile) != bool(cfg.tls_keyfile):
+        raise ValueError(f"{where}: tls_certfile and tls_keyfile must be set together")
+    if cfg.tls_client_ca and not cfg.tls_certfile:
+        raise ValueError(f"{where}: tls_client_ca needs tls_certfile and tls_keyfile")

@@ -60,6 +60,13 @@ SPEC: Final[dict[str, dict[str, Any]]] = {
     "90": _fixed(42, "Original Data Elements"),
 }
 
+# What the fields fed by Mypinpad's request can hold: the JSON contract (transactions/models.py, decoding.py)
+# takes its bounds from here, so that whatever the route accepts, the connector can encode.
+PAN_MAX_DIGITS: Final[int] = SPEC["2"]["max_len"]  # field 2, from EMV 5A (or the PAN in 57)
+TRACK2_MAX_CHARS: Final[int] = SPEC["35"]["max_len"]  # field 35, from EMV 57
+PIN_BLOCK_BYTES: Final[int] = SPEC["52"]["max_len"]  # field 52: ISO 9564 formats 0-3 only
+ICC_MAX_BYTES: Final[int] = SPEC["55"]["max_len"]  # field 55
+
 REQUEST_TO_RESPONSE: Final = {
     "0100": "0110",
     "0101": "0110",

@@ -65,6 +65,15 @@ class AcquirerUnavailable(Exception):
     """The request was never sent (link down, back-pressure limit): safe to decline without reversal."""
 
 
+class RequestNotEncodable(AcquirerUnavailable):
+    """The request holds a value the dialect cannot carry: it was never sent. The contract refuses such requests
+    before they are claimed (transactions/decoding.py), so this is a bug; `field` is the ISO 8583 field number."""
+
+    def __init__(self, reason: str, field: str) -> None:
+        super().__init__(reason)
+        self.field = field
+
+
 class OutcomeUnknown(Exception):
     """The request may have reached the acquirer but no answer came (timeout, link lost after send).
 
@@ -83,9 +92,13 @@ class Connector(Protocol):
     async def send(self, request: AcquirerRequest) -> AcquirerResponse:
         """Send one authorization/financial/reversal message and wait (within acquirer.timeout).
 
-        Raises AcquirerUnavailable if it was not sent, OutcomeUnknown if it may have been (a reversal
-        is then already queued in the store-and-forward queue).
+        Raises AcquirerUnavailable if it was not sent (RequestNotEncodable if it cannot be), OutcomeUnknown if
+        it may have been (a reversal is then already queued in the store-and-forward queue).
         """
+        ...
+
+    async def wait_ready(self) -> None:
+        """Return once a connection is up and signed on (callers bound the wait)."""
         ...
 
     async def inquire(self, request: AcquirerRequest) -> AcquirerResponse | None:

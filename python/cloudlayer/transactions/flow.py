@@ -27,6 +27,7 @@ from ..acquirer.types import (
     Connector,
     MessageKind,
     OutcomeUnknown,
+    RequestNotEncodable,
 )
 from ..http.problems import Problem
 from ..sealing import Sealer
@@ -44,6 +45,7 @@ from .decoding import conflict, decode, parse_emv
 from .mapping import build_acquirer_request, fingerprint
 from .models import APPROVED_CODES, TransactionResponse, TransactionType, encode_response, response_message
 from .originals import REVERSED_EVENT, original_for
+from .refusal import not_encodable
 
 log = structlog.get_logger(__name__)
 
@@ -88,6 +90,7 @@ class TransactionFlow:
         *,
         acquirer_timeout: float,
         purchase_mti: str,
+        link_wait: float | None = None,
     ) -> None:
         self._purchase_mti = purchase_mti
         self._store = store
@@ -96,6 +99,7 @@ class TransactionFlow:
         # A duplicate waits for the first attempt at most this long (the first is bounded by the acquirer
         # timeout, plus the time to queue a reversal and store the answer).
         self._wait_for_owner = acquirer_timeout * 2 + 5.0
+        self._link_wait = acquirer_timeout if link_wait is None else link_wait  # recovery's wait for a link
         self._nursery: trio.Nursery | None = None
 
     def attach(self, nursery: trio.Nursery) -> None:
@@ -204,9 +208,13 @@ class TransactionFlow:
         acq_req = self._unseal(rec)
         sent_at = time.time()
         t0 = trio.current_time()
+        sent: tuple[Event, ...] = (Event(sent_at, "sent", rec.acquirer_mti),)  # the timeline says so only if so
         try:
             resp = await self._connector.send(acq_req)
             outcome = "approved" if resp.response_code in APPROVED_CODES else "declined"
+            last = Event(time.time(), "answered", resp.response_code)
+        except RequestNotEncodable as e:
+            return await self._refuse(rec, e)
         except AcquirerUnavailable as e:
             log.warning("acquirer_unavailable", transaction_id=rec.transaction_id, stan=rec.stan, reason=str(e))
             if acq_req.kind is MessageKind.REVERSAL:
@@ -215,6 +223,7 @@ class TransactionFlow:
                 resp, outcome = AcquirerResponse(response_code="00"), "reversal-stored-for-forwarding"
             else:
                 resp, outcome = _our_decline(), "unavailable-declined"
+            sent, last = (), Event(sent_at, "not-sent", str(e))
         except OutcomeUnknown as e:
             # The connector queued a reversal before raising: the outcome is now 'reversed'.
             log.warning("acquirer_outcome_unknown", transaction_id=rec.transaction_id, stan=rec.stan, reason=str(e))
@@ -222,10 +231,10 @@ class TransactionFlow:
                 resp, outcome = AcquirerResponse(response_code="00"), "reversal-stored-for-forwarding"
             else:
                 resp, outcome = _our_decline(), "timeout-reversed"
+            last = Event(time.time(), "no-answer", str(e))
         acquirer_seconds = trio.current_time() - t0
         _crash_point("after_acquirer")
-        events = (Event(sent_at, "sent", rec.acquirer_mti), Event(time.time(), "answered", resp.response_code))
-        return await self._finish(rec, resp, outcome, events, acquirer_seconds)
+        return await self._finish(rec, resp, outcome, (*sent, last), acquirer_seconds)
 
     async def _recover(self, rec: TransactionRecord) -> Answer:
         """A previous owner died between PENDING and COMPLETED: ask the acquirer what happened."""
@@ -241,8 +250,12 @@ class TransactionFlow:
                 resp, outcome = _our_decline(), "timeout-reversed"
             events = (Event(time.time(), "recovered", outcome),)
             return await self._finish(rec, resp, outcome, events, trio.current_time() - t0)
+        with trio.move_on_after(self._link_wait):  # after a restart the link may not be signed on yet: an
+            await self._connector.wait_ready()  # inquiry without it would reverse an approval it could recover
         try:
             found = await self._connector.inquire(acq_req)
+        except RequestNotEncodable as e:
+            return await self._refuse(rec, e)
         except (AcquirerUnavailable, OutcomeUnknown) as e:
             log.warning("inquiry_failed", transaction_id=rec.transaction_id, reason=str(e))
             found = None
@@ -260,6 +273,12 @@ class TransactionFlow:
                 resp, outcome = _our_decline(), "orphan-reversed"
         events = (Event(time.time(), "recovered", outcome),)
         return await self._finish(rec, resp, outcome, events, trio.current_time() - t0)
+
+    async def _refuse(self, rec: TransactionRecord, e: RequestNotEncodable) -> Answer:
+        log.error("request_not_encodable", transaction_id=rec.transaction_id, stan=rec.stan, reason=str(e))
+        done = not_encodable(e)  # a bug made harmless: nothing was sent (refusal.py)
+        await self._store.complete(rec.client_id, rec.transaction_id, done)
+        return Answer(status=done.response_status, body=done.response_body, transaction_id=rec.transaction_id)
 
     def _replay(self, rec: TransactionRecord) -> Answer:
         if self._nursery is not None:

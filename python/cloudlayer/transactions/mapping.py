@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Final
 
 from .. import emv
 from ..acquirer.types import AcquirerRequest, MessageKind, OriginalData
@@ -46,7 +47,7 @@ def build_acquirer_request(
         currency=req.currency,
         terminal_id=req.terminal_id,
         merchant_id=req.merchant_id,
-        pos_entry_mode=req.pos_entry_mode.zfill(3),
+        pos_entry_mode=req.pos_entry_mode,  # 2 or 3 digits; a 2-digit mode gets its PIN capability digit later
         pan=card.pan if card else None,
         expiry=card.expiry[:4] if card and card.expiry else None,  # field 14 is YYMM; 5F24 is YYMMDD
         pan_sequence=card.pan_sequence if card else None,
@@ -55,6 +56,25 @@ def build_acquirer_request(
         pin_block=bytes.fromhex(req.pin_block) if req.pin_block else None,
         original=original,
     )
+
+
+# The request field each ISO 8583 field of ours is made from (docs/iso8583.md), to name it in a problem.
+REQUEST_FIELD_OF: Final = {
+    "2": "emvData",
+    "4": "amount",
+    "12": "localDateTime",
+    "13": "localDateTime",
+    "14": "emvData",
+    "22": "posEntryMode",
+    "23": "emvData",
+    "35": "emvData",
+    "41": "terminalId",
+    "42": "merchantId",
+    "49": "currency",
+    "52": "pinBlock",
+    "55": "emvData",
+    "90": "originalTransactionId",
+}
 
 
 def fingerprint(req: TransactionRequest, icc: bytes) -> bytes:

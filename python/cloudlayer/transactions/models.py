@@ -12,6 +12,8 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from ..acquirer.spec import ICC_MAX_BYTES, PAN_MAX_DIGITS, PIN_BLOCK_BYTES, TRACK2_MAX_CHARS
+
 # Patterns end with (?![\s\S]) rather than $: Python's $ also matches before a final newline, so
 # "TERM001\n" would pass; this lookahead means "end of string" alike in Python and in JSON Schema.
 # Identifiers Mypinpad sends: printable ASCII, no spaces, bounded.
@@ -19,13 +21,55 @@ Identifier = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[\x21-\
 # Field 4 is n12: at most 999,999,999,999 minor units; zero-amount purchases are not authorizations.
 Amount = Annotated[int, Meta(ge=1, le=999_999_999_999)]
 CurrencyCode = Annotated[str, Meta(pattern=r"^[0-9]{3}(?![\s\S])")]
-MerchantId = Annotated[str, Meta(min_length=1, max_length=15, pattern=r"^[\x20-\x7e]+(?![\s\S])")]
-TerminalId = Annotated[str, Meta(min_length=1, max_length=8, pattern=r"^[\x20-\x7e]+(?![\s\S])")]
-PosEntryMode = Annotated[str, Meta(pattern=r"^[0-9]{2,3}(?![\s\S])")]
-# Field 55 is at most 255 bytes in most dialects; we allow up to 1 KiB of ICC data (2,048 hex chars).
-EmvHex = Annotated[str, Meta(min_length=2, max_length=2048, pattern=r"^(?:[0-9A-Fa-f]{2})+(?![\s\S])")]
-# ISO 9564 PIN blocks: 8 bytes (formats 0-3) or 16 bytes (format 4), hex.
-PinBlockHex = Annotated[str, Meta(pattern=r"^(?:[0-9A-Fa-f]{16}|[0-9A-Fa-f]{32})(?![\s\S])")]
+# Fields 42 and 41 are ans 15 and ans 8: printable ASCII, shorter ids padded with spaces on the right.
+MerchantId = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=15,
+        pattern=r"^[\x20-\x7e]+(?![\s\S])",
+        description="ISO 8583 field 42 (ans 15): printable ASCII, sent padded with spaces to 15.",
+    ),
+]
+TerminalId = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=8,
+        pattern=r"^[\x20-\x7e]+(?![\s\S])",
+        description="ISO 8583 field 41 (ans 8): printable ASCII, sent padded with spaces to 8.",
+    ),
+]
+PosEntryMode = Annotated[
+    str,
+    Meta(
+        pattern=r"^[0-9]{2,3}(?![\s\S])",
+        description="ISO 8583 field 22: PAN entry mode (2 digits), then PIN entry capability (1 digit). "
+        "A 2-digit mode is sent with 0 (unspecified) appended: 07 goes out as 070.",
+    ),
+]
+# Field 55 (LLLVAR binary) holds at most 999 bytes of ICC data: the contract allows no more than it carries.
+EmvHex = Annotated[
+    str,
+    Meta(
+        min_length=2,
+        max_length=2 * ICC_MAX_BYTES,
+        pattern=r"^(?:[0-9A-Fa-f]{2})+(?![\s\S])",
+        description=f"BER-TLV, hex: ISO 8583 field 55, at most {ICC_MAX_BYTES} bytes. The card data in it must fit "
+        f"the message: 5A at most {PAN_MAX_DIGITS} digits; 57 as EMV sends it (nibbles, D separator) and per "
+        f"ISO/IEC 7813 (PAN, D, YYMM, service code, discretionary data), at most {TRACK2_MAX_CHARS} characters; "
+        "5F24 YYMMDD; 5F34 2 digits. Otherwise 422 invalid-emv.",
+    ),
+]
+# Field 52 is 8 bytes: ISO 9564 formats 0-3. Format 4 (AES, 16 bytes) needs a dialect we do not speak.
+PinBlockHex = Annotated[
+    str,
+    Meta(
+        pattern=rf"^[0-9A-Fa-f]{{{2 * PIN_BLOCK_BYTES}}}(?![\s\S])",
+        description=f"ISO 9564 PIN block, hex: ISO 8583 field 52 is {PIN_BLOCK_BYTES} bytes (formats 0-3). "
+        "Format 4 (16 bytes) cannot be carried and is refused.",
+    ),
+]
 # Local date and time at the terminal, ISO 8601 without zone: 2026-11-26T14:05:09.
 LocalDateTime = Annotated[
     str, Meta(pattern=r"^[0-9]{4}-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?(?![\s\S])")

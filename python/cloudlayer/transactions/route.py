@@ -8,12 +8,13 @@ import structlog
 from quart import Response, g, request
 from quart_trio import QuartTrio
 
-from ..http.problems import Problem
+from ..http.problems import PROBLEM_CONTENT_TYPE, Problem
 from ..oauth.service import BearerError, OAuthService
 from ..observability import metrics
 from .flow import TransactionFlow
 
 SCOPE = "transactions:process"
+JSON = "application/json"
 
 log = structlog.get_logger(__name__)
 
@@ -60,12 +61,15 @@ def register(app: QuartTrio, path: str, flow: TransactionFlow, oauth: OAuthServi
                 metrics.CONFLICTS.inc()
             log.info("transaction_refused", client_id=principal.client_id, status=p.status, problem=p.slug)
             raise
-        resp = Response(answer.body, status=answer.status, content_type="application/json")
+        refused = answer.status >= 400  # a stored refusal (flow._refuse), first time or replayed
+        resp = Response(answer.body, status=answer.status, content_type=PROBLEM_CONTENT_TYPE if refused else JSON)
         total = time.perf_counter() - started
         if answer.replayed:
             resp.headers["Idempotent-Replayed"] = "true"
             metrics.REPLAYS.inc()
             g.outcome = "replayed"
+        elif refused:
+            g.outcome = "rejected"
         else:
             g.outcome = "approved" if answer.outcome.endswith("approved") else "declined"
             metrics.ACQUIRER_DURATION.labels("authorization").observe(answer.acquirer_seconds)
