@@ -66,7 +66,7 @@ async def _run(workdir: Path, port: int, n: int, concurrency: int) -> dict[str, 
     sealer = Sealer.from_config(cfg)
     store = LmdbStore.from_config(cfg)
     connector = Iso8583Connector(cfg.acquirer, cfg.var_path("saf"), sealer)
-    flow = TransactionFlow(store, connector, sealer, acquirer_timeout=5.0, purchase_mti="0200")
+    flow = TransactionFlow(store, connector, sealer, acquirer_timeout=5.0)
     bodies = [msgspec.json.encode(sample_purchase(f"flow-{i}", amount=1000)) for i in range(n + 50)]
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)

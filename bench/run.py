@@ -46,7 +46,7 @@ LOADGEN = str(BENCH / "loadgen.py")
 BASELINE_SERVE = str(BENCH / "baselines" / "serve.py")
 CONVENTIONAL_SERVE = str(BENCH / "baselines" / "conventional" / "serve.py")
 TARGETS = ("host", "quart-trio", "bare-asgi", "conventional")
-SCENARIOS = ("unique", "retry", "token", "latency", "mix", "micro")
+SCENARIOS = ("unique", "http", "retry", "token", "latency", "mix", "micro")
 START_TIMEOUT = 30.0
 STOP_GRACE = 10.0
 
@@ -138,7 +138,7 @@ def scenario_kinds(scenario: str, settings: Settings, creds: Credentials) -> lis
         headers=(("content-type", "application/x-www-form-urlencoded"),),
         body=form,
     )
-    if scenario in ("unique", "latency"):
+    if scenario in ("unique", "latency", "http"):
         return [purchase]
     if scenario == "retry":
         return [_with(purchase, replay_share=settings.replay_share)]
@@ -158,6 +158,8 @@ def _with(kind: RequestKind, **changes: Any) -> RequestKind:
 DESCRIPTIONS = {
     "unique": "Unique purchases: every request a new transactionId (auth, decode, EMV, durable claim, "
     "acquirer round trip at zero latency, durable complete).",
+    "http": "As unique, through the HTTPS/JSON payment-host connector (acquirer.kind = http: OAuth client "
+    "credentials, one shared token, Idempotency-Key) instead of ISO 8583; the host only (compare with unique).",
     "retry": "Retry storm: a share of requests resubmit an already answered transactionId byte for byte "
     "(the host replays its stored answer).",
     "token": "Token requests: POST /oauth/token, client_credentials with the secret in the form body.",
@@ -472,6 +474,50 @@ def simulator_toml(latency_ms: float) -> str:
     )
 
 
+def payment_host_setup(directory: Path, sim_toml: str) -> tuple[str, list[str], str]:
+    """For the http scenario: a trustme CA and certificate, a client secret file; the simulator's [simulator.http]
+    section and --http-bind, and the host's [acquirer.http] section."""
+    import trustme
+
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    paths = {name: directory / f"{name}.pem" for name in ("ca", "cert", "key")}
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    cert.cert_chain_pems[0].write_to_path(str(paths["cert"]))
+    cert.private_key_pem.write_to_path(str(paths["key"]))
+    secret = directory / "client-secret"
+    secret.write_text("bench-payment-host-secret\n")
+    http_port = free_port()
+    sim = sim_toml + "\n".join(
+        [
+            "",
+            "[simulator.http]",
+            f"certfile = {json.dumps(str(paths['cert']))}",
+            f"keyfile = {json.dumps(str(paths['key']))}",
+            "token_lifetime = 3600",
+            "[[simulator.http.clients]]",
+            'client_id = "cloudlayer-bench"',
+            f"secret_file = {json.dumps(str(secret))}",
+            "",
+        ]
+    )
+    base = f"https://127.0.0.1:{http_port}"
+    host = "\n".join(
+        [
+            "",
+            "[acquirer.http]",
+            f'base_url = "{base}"',
+            f'token_url = "{base}/oauth/token"',
+            'client_id = "cloudlayer-bench"',
+            f"client_secret_file = {json.dumps(str(secret))}",
+            f"tls_ca = {json.dumps(str(paths['ca']))}",
+            "",
+        ]
+    )
+    return sim, ["--http-bind", f"127.0.0.1:{http_port}"], host
+
+
 # -- targets ------------------------------------------------------------------------------------------------
 
 
@@ -501,14 +547,30 @@ class Bench:
         try:
             sim_port, port = free_port(), free_port()
             sim_cfg = self.work / f"simulator-{scenario}.toml"
-            sim_cfg.write_text(simulator_toml(latency_ms), encoding="utf-8")
+            sim_toml, sim_args, host_extra = simulator_toml(latency_ms), [], ""
+            if scenario == "http":  # the payment host beside the ISO port, and the host pointed at it
+                sim_toml, sim_args, host_extra = payment_host_setup(self.work / "payment-host", sim_toml)
+            sim_cfg.write_text(sim_toml, encoding="utf-8")
             sim = self.procs.start(
                 f"simulator-{scenario}",
-                [CLOUDLAYER, "simulator", "--bind", f"127.0.0.1:{sim_port}", "--simulator-config", str(sim_cfg)],
+                [
+                    CLOUDLAYER,
+                    "simulator",
+                    "--bind",
+                    f"127.0.0.1:{sim_port}",
+                    "--simulator-config",
+                    str(sim_cfg),
+                    *sim_args,
+                ],
             )
             started.append(sim)
             cfg = self.work / f"host-{scenario}.toml"
-            cfg.write_text(server_toml(self.s, port, self.work / f"var-host-{scenario}", self.tls, sim_port))
+            toml = server_toml(self.s, port, self.work / f"var-host-{scenario}", self.tls, sim_port)
+            cfg.write_text(
+                toml.replace('[acquirer]\nmode = "tcp"', '[acquirer]\nkind = "http"\nmode = "tcp"') + host_extra
+                if host_extra
+                else toml
+            )
             add = subprocess.run(
                 [CLOUDLAYER, "client", "add", "bench", "--json", "--config", str(cfg)],
                 cwd=ROOT,
@@ -750,14 +812,14 @@ class Bench:
                         self.procs.stop(p)
         kinds = scenario_kinds(scenario, self.s, creds)
         for name in ("quart-trio", "bare-asgi"):
-            if name not in self.s.targets:
+            if name not in self.s.targets or scenario == "http":  # same baselines as unique: measured there
                 continue
             target, proc = self.start_baseline(name, scenario, latency)
             try:
                 result["targets"][name] = self.measure(target, scenario, kinds)
             finally:
                 self.procs.stop(proc)
-        if "conventional" in self.s.targets:
+        if "conventional" in self.s.targets and scenario != "http":
             self.measure_conventional(scenario, latency, result)
         report.add_ratios(result)
         return result

@@ -203,3 +203,9 @@ def simulator(tmp_path: Path) -> Iterator[Any]:
     sim = SimulatorProcess(tmp_path / "sim")
     yield sim
     sim.stop()
+
+
+@pytest.fixture(params=("iso8583", "http"))
+def connector_kind(request: pytest.FixtureRequest) -> str:
+    """Which acquirer connector a test runs against (tests/connector_kinds.py starts the matching simulator)."""
+    return str(request.param)

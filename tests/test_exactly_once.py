@@ -1,28 +1,41 @@
 """Exactly once across worker processes and crashes: the real host (2 workers), the real simulator, the
-real LMDB file, and a worker SIGKILLed at each dangerous point by the test-only fault hook."""
+real LMDB file, and a worker SIGKILLed at each dangerous point by the test-only fault hook. Every test runs
+once per connector (`connector_kind`: ISO 8583, and the HTTPS payment host with its OAuth token cache)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import trio
 
 from cloudlayer.samples import sample_purchase
+from connector_kinds import Acquirer, start_acquirer
 from txn_harness import Host, SimulatorProcess
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def simulator(tmp_path: Path) -> Iterator[SimulatorProcess]:
+def acquirer(tmp_path: Path, connector_kind: str) -> Iterator[Acquirer]:
     # 300 ms per answer: concurrent duplicates really overlap with the first attempt.
-    sim = SimulatorProcess(tmp_path / "sim", latency_ms=300)
-    yield sim
-    sim.stop()
+    acq = start_acquirer(connector_kind, tmp_path / "acquirer", latency_ms=300)
+    yield acq
+    acq.stop()
+
+
+@pytest.fixture
+def simulator(acquirer: Acquirer) -> SimulatorProcess:
+    """The ledger and fault switches (both simulators share them)."""
+    return acquirer.simulator
+
+
+def make_host(workdir: Path, acquirer: Acquirer, **kwargs: Any) -> Host:
+    return Host(workdir, acquirer.simulator, extra=acquirer.host_extra(kwargs.pop("extra", None)), **kwargs)
 
 
 def headers(token: str) -> dict[str, str]:
@@ -30,9 +43,9 @@ def headers(token: str) -> dict[str, str]:
 
 
 async def test_100_identical_requests_over_2_workers_authorize_once(
-    tmp_path: Path, simulator: SimulatorProcess
+    tmp_path: Path, acquirer: Acquirer, simulator: SimulatorProcess
 ) -> None:
-    host = Host(tmp_path / "host", simulator, workers=2)
+    host = make_host(tmp_path / "host", acquirer, workers=2)
     host.start()
     try:
         token = host.token()
@@ -65,6 +78,8 @@ async def test_100_identical_requests_over_2_workers_authorize_once(
                 r = await client.post(host.url + "/transaction/process", content=body_i, headers=headers(token))
                 stans.add((r.json()["stan"], r.json()["rrn"]))
         assert len(stans) == 20
+        if acquirer.kind == "http":  # one shared token per worker, for all 121 transactions
+            assert simulator.tokens()["requests"] == 2  # type: ignore[attr-defined]
     finally:
         host.stop()
 
@@ -82,13 +97,14 @@ async def test_100_identical_requests_over_2_workers_authorize_once(
 )
 def test_sigkill_at_each_dangerous_point_then_resubmit(
     tmp_path: Path,
+    acquirer: Acquirer,
     simulator: SimulatorProcess,
     crash_at: str,
     expected_code: str,
     authorizations: int,
     reversed_: bool | None,
 ) -> None:
-    host = Host(tmp_path / "host", simulator)
+    host = make_host(tmp_path / "host", acquirer)
     host.start(env={"CLOUDLAYER_TESTING": "1", "CLOUDLAYER_TESTING_CRASH_AT": crash_at})
     body = json.dumps(sample_purchase(f"crash-{crash_at}", amount=8000)).encode()
     try:
@@ -116,8 +132,8 @@ def test_sigkill_at_each_dangerous_point_then_resubmit(
         host.stop()
 
 
-def test_restart_keeps_answers(tmp_path: Path, simulator: SimulatorProcess) -> None:
-    host = Host(tmp_path / "host", simulator)
+def test_restart_keeps_answers(tmp_path: Path, acquirer: Acquirer, simulator: SimulatorProcess) -> None:
+    host = make_host(tmp_path / "host", acquirer)
     host.start()
     body = json.dumps(sample_purchase("keep-1", amount=1000)).encode()
     try:
@@ -132,12 +148,12 @@ def test_restart_keeps_answers(tmp_path: Path, simulator: SimulatorProcess) -> N
 
 
 def test_orphaned_reversal_with_unknown_outcome_is_stored_for_forwarding_not_declined(
-    tmp_path: Path, simulator: SimulatorProcess
+    tmp_path: Path, acquirer: Acquirer, simulator: SimulatorProcess
 ) -> None:
     """A reversal whose worker died before sending, recovered while the acquirer's answer is lost: the reversal
     is queued for forwarding (it will be applied), so the answer is 'reversed', and the original counts as
     reversed: a second reversal under another id is refused, never sent."""
-    host = Host(tmp_path / "host", simulator, acquirer_timeout=1.0)
+    host = make_host(tmp_path / "host", acquirer, acquirer_timeout=1.0)
     purchase = sample_purchase("orig-rev", amount=4000)
     reversal = {
         **purchase,
@@ -169,12 +185,12 @@ def test_orphaned_reversal_with_unknown_outcome_is_stored_for_forwarding_not_dec
 
 
 def test_an_error_after_the_claim_does_not_leave_the_transaction_stuck(
-    tmp_path: Path, simulator: SimulatorProcess
+    tmp_path: Path, acquirer: Acquirer, simulator: SimulatorProcess
 ) -> None:
     """A bug or a store error after PENDING (the process lives on): that attempt gets a 500, and the
     resubmission is recovered at once (reversed and declined: nothing was sent) instead of waiting on an
     owner that is alive but will never finish."""
-    host = Host(tmp_path / "host", simulator)
+    host = make_host(tmp_path / "host", acquirer)
     host.start(env={"CLOUDLAYER_TESTING": "1", "CLOUDLAYER_TESTING_CRASH_AT": "raise:after_pending"})
     body = json.dumps(sample_purchase("stuck-1", amount=9000)).encode()
     try:

@@ -30,7 +30,13 @@ class SimulatorProcess:
     """`cloudlayer simulator` with zero latency (unless told otherwise) and its admin port."""
 
     def __init__(
-        self, workdir: Path, *, latency_ms: int = 0, port: int | None = None, args: Sequence[str] = ()
+        self,
+        workdir: Path,
+        *,
+        latency_ms: int = 0,
+        port: int | None = None,
+        args: Sequence[str] = (),
+        extra_toml: str = "",
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -40,8 +46,9 @@ class SimulatorProcess:
         base = base.replace('distribution = "uniform"', 'distribution = "fixed"')
         base = base.replace("fixed_ms = 0", f"fixed_ms = {latency_ms}")
         self.config = workdir / "simulator.toml"
-        self.config.write_text(base)
-        self.log = open(workdir / "simulator.log", "wb")
+        self.config.write_text(base + extra_toml)
+        self.log_path = workdir / "simulator.log"
+        self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [CLOUDLAYER, "simulator", "--config", str(self.config), "--bind", f"127.0.0.1:{self.port}", *args],
             stdout=self.log,

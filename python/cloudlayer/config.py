@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -86,7 +87,38 @@ class StoreConfig(_Section):
     owner_timeout: float = 10.0
 
 
+class HttpAcquirerConfig(_Section):
+    """`[acquirer.http]`: the HTTPS/JSON payment host (docs/payment-host.md) behind OAuth 2.0 client credentials."""
+
+    base_url: str = ""  # https://host[:port][/prefix]; the API's paths (/v1/...) go below it
+    token_url: str = ""  # the OAuth 2.0 token endpoint (https)
+    client_id: str = ""
+    # RFC 6749 2.3.1 (secret in the form body / HTTP Basic) or RFC 7523 (a JWT signed with our private key).
+    auth_method: Literal["client_secret_basic", "client_secret_post", "private_key_jwt"] = "client_secret_basic"
+    client_secret_file: str = ""  # client_secret_*: a file holding the secret (never inline in the TOML)
+    private_key_file: str = ""  # private_key_jwt: PEM, EC P-256 (ES256), RSA (RS256) or Ed25519 (EdDSA)
+    private_key_id: str = ""  # `kid` of the assertion's header ("" = none)
+    assertion_audience: str = ""  # `aud` of the assertion ("" = token_url)
+    assertion_lifetime: int = 60  # seconds
+    scope: str = ""  # requested scope ("" = none sent)
+    tls_ca: str = ""  # CA bundle for the host and the token endpoint ("" = the system's)
+    client_cert_file: str = ""  # mutual TLS (RFC 8705): our certificate and its key, for both endpoints
+    client_key_file: str = ""
+    max_connections: int = 64  # keep-alive connections to the host per worker (HTTP/1.1: one request each)
+    http2: bool = False  # offer h2 through ALPN
+    token_timeout: float = 10.0  # seconds for one token request
+    refresh_at: float = 0.8  # refresh the token at this fraction of its lifetime
+    default_token_lifetime: int = 300  # seconds, when the token answer carries no expires_in
+    token_retry_min: float = 0.5  # token endpoint failures back off from this ...
+    token_retry_max: float = 30.0  # ... to this (seconds, jittered)
+    probe_interval: float = 30.0  # seconds: an idle host is probed (GET /v1/ping) this often
+
+
 class AcquirerConfig(_Section):
+    # Which connector (docs/connectors.md): ISO 8583 over TCP, the HTTPS/JSON payment host, or your own.
+    kind: Literal["iso8583", "http", "custom"] = "iso8583"
+    # kind = "custom": "package.module:function", called with (Config, Sealer), returning a Connector.
+    connector_factory: str = ""
     # "simulator" starts the built-in simulator in-process on an ephemeral loopback port.
     mode: Literal["simulator", "tcp"] = "simulator"
     host: str = "127.0.0.1"
@@ -112,6 +144,7 @@ class AcquirerConfig(_Section):
     acquirer_institution_id: str = "123456"
     # Rules for the in-process simulator (mode = "simulator"); "" = the simulator's built-in defaults.
     simulator_config: str = ""
+    http: HttpAcquirerConfig = msgspec.field(default_factory=HttpAcquirerConfig)
 
 
 class LoggingConfig(_Section):
@@ -161,7 +194,21 @@ def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> None:
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raise ConfigError(f"[{section}] must be a table")
-        raw[section][key] = _parse_env_value(value)
+        table, key = _subtable(raw[section], section, key)
+        table[key] = _parse_env_value(value)
+
+
+def _subtable(table: dict[str, Any], section: str, key: str) -> tuple[dict[str, Any], str]:
+    """CLOUDLAYER_ACQUIRER_HTTP_BASE_URL sets [acquirer.http] base_url: a key that starts with the name of a
+    sub-table of its section goes into that sub-table."""
+    section_type = next(f.type for f in msgspec.structs.fields(Config) if f.name == section)
+    for f in msgspec.structs.fields(section_type):
+        if isinstance(f.type, type) and issubclass(f.type, _Section) and key.startswith(f.name + "_"):
+            sub = table.setdefault(f.name, {})
+            if not isinstance(sub, dict):
+                raise ConfigError(f"[{section}.{f.name}] must be a table")
+            return sub, key[len(f.name) + 1 :]
+    return table, key
 
 
 def _parse_env_value(value: str) -> Any:
@@ -246,3 +293,33 @@ def _check(cfg: Config) -> None:
         raise bad("acquirer.acquirer_institution_id", "must be 1 to 11 digits (ISO 8583 field 32)")
     if cfg.acquirer.connections < 1 or cfg.acquirer.max_in_flight < 1:
         raise bad("acquirer.connections", "connections and max_in_flight must be at least 1")
+    if cfg.acquirer.kind == "custom" and ":" not in cfg.acquirer.connector_factory:
+        raise bad("acquirer.connector_factory", 'must be "package.module:function" for kind = "custom"')
+    if cfg.acquirer.kind == "http":
+        _check_http_acquirer(cfg, bad)
+
+
+def _check_http_acquirer(cfg: Config, bad: Callable[[str, str], ConfigError]) -> None:
+    h = cfg.acquirer.http
+    if cfg.acquirer.mode == "simulator":
+        raise bad("acquirer.mode", 'must be "tcp" with kind = "http" (the in-process simulator speaks ISO 8583)')
+    for key, url in (("base_url", h.base_url), ("token_url", h.token_url)):
+        if not url.startswith("https://") or len(url) <= len("https://"):
+            raise bad(f"acquirer.http.{key}", "must be an https:// URL")
+    if not h.client_id:
+        raise bad("acquirer.http.client_id", "is required")
+    needed = "private_key_file" if h.auth_method == "private_key_jwt" else "client_secret_file"
+    files = [needed, "tls_ca", "client_cert_file", "client_key_file"]
+    for key in files:
+        path = getattr(h, key)
+        if (key == needed or path) and not Path(cfg.base_dir, path).is_file():
+            why = f"file not found: {path!r}" if path else f"is required for {h.auth_method}"
+            raise bad(f"acquirer.http.{key}", why)
+    if bool(h.client_cert_file) != bool(h.client_key_file):
+        raise bad("acquirer.http.client_cert_file", "needs acquirer.http.client_key_file (and the other way round)")
+    if not 0.1 <= h.refresh_at < 1.0:
+        raise bad("acquirer.http.refresh_at", "must be at least 0.1 and below 1.0")
+    if h.max_connections < 1 or h.token_timeout <= 0 or h.probe_interval <= 0 or h.token_retry_min <= 0:
+        raise bad("acquirer.http.max_connections", "max_connections >= 1; token_timeout, probe_interval, retries > 0")
+    if h.default_token_lifetime < 1 or not 10 <= h.assertion_lifetime <= 3600:
+        raise bad("acquirer.http.assertion_lifetime", "must be 10..3600 s (default_token_lifetime >= 1)")

@@ -5,8 +5,7 @@ from __future__ import annotations
 import trio
 from quart_trio import QuartTrio
 
-from .acquirer.connector import Iso8583Connector
-from .acquirer.tls import client_context
+from .acquirer.factory import build_connector
 from .config import Config
 from .http import openapi
 from .oauth import register_routes as register_oauth_routes
@@ -26,18 +25,12 @@ class Services:
         self.sealer = Sealer.from_config(cfg)
         self.oauth = OAuthService.from_config(cfg)
         self.store = LmdbStore.from_config(cfg)
-        self.connector = Iso8583Connector(
-            cfg.acquirer,
-            cfg.var_path(cfg.acquirer.saf_path),
-            self.sealer,
-            tls_context=client_context(cfg.acquirer, cfg.var_path),  # checked at start (server.serve)
-        )
+        self.connector = build_connector(cfg, self.sealer)
         self.flow = TransactionFlow(
             self.store,
             self.connector,
             self.sealer,
             acquirer_timeout=cfg.acquirer.timeout,
-            purchase_mti=cfg.acquirer.purchase_mti,
             # Recovery waits this long for a signed-on link before concluding 'unknown' (and reversing): one
             # connection attempt and its sign-on, what a restarted worker needs.
             link_wait=cfg.acquirer.connect_timeout + cfg.acquirer.timeout,
@@ -55,7 +48,11 @@ class Services:
         nursery.start_soon(self._sample_metrics)
 
     def readiness(self) -> Readiness:
-        return Readiness(store_writable=self.store.writable(), acquirer_link_up=self.connector.ready)
+        return Readiness(
+            store_writable=self.store.writable(),
+            acquirer_link_up=self.connector.ready,
+            acquirer_reason=self.connector.not_ready_reason,
+        )
 
     async def _sample_metrics(self) -> None:
         """Copy the connector's counters and states into Prometheus once a second (off the hot path)."""

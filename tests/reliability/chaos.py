@@ -32,6 +32,8 @@ from .hosts import AttackedHost, SimulatorProcess
 
 APPROVED = frozenset({"00", "08", "10", "11"})
 ACTIONS = ("kill_worker", "link_cut", "kill_host", "stall", "drop")
+# The payment host also fails in ways of its own: every token revoked at once, a 500 after processing.
+HTTP_ACTIONS = (*ACTIONS, "revoke_tokens", "http_5xx")
 # Amounts and what the simulator does with them: approve, decline 05/51, never answer (-> our timeout).
 AMOUNTS = ((1000, 0.80), (1005, 0.08), (1051, 0.08), (9999, 0.04))
 
@@ -47,6 +49,7 @@ class ChaosPlan:
     acquirer_timeout: float = 1.0
     per_txn_deadline: float = 90.0  # Mypinpad gives up resubmitting after this (then our final pass)
     seed: int = 8
+    connector_kind: str = "iso8583"  # or "http" (tests/connector_kinds.py)
 
 
 @dataclass
@@ -69,6 +72,8 @@ class ChaosFigures:
     link_cuts: int = 0
     stalls: int = 0
     drops: int = 0
+    revocations: int = 0  # http: every token revoked at the payment host
+    server_errors: int = 0  # http: 500 after processing
     authorizations: int = 0
     reversals: int = 0
     saf_left: int = -1
@@ -157,6 +162,7 @@ class Chaos:
         self.figures = ChaosFigures()
         self.txns: list[Txn] = []
         self.simulator: SimulatorProcess | None = None
+        self.actions = HTTP_ACTIONS if plan.connector_kind == "http" else ACTIONS
         self.host: AttackedHost | None = None
         self.admin = httpx.AsyncClient(timeout=10)
         self.metrics_text = b""  # /metrics after the run, for the card-data scan
@@ -221,18 +227,26 @@ class Chaos:
         elif action == "drop":
             await self._faults(drop_next=self.rng.randint(1, 4))
             self.figures.drops += 1
+        elif action == "revoke_tokens":
+            assert self.simulator is not None
+            r = await self.admin.post(f"http://127.0.0.1:{self.simulator.admin_port}/tokens", json={"revoke_all": True})
+            r.raise_for_status()
+            self.figures.revocations += 1
+        elif action == "http_5xx":
+            await self._faults(http_error_next=self.rng.randint(1, 3))
+            self.figures.server_errors += 1
 
     async def _chaos_loop(self, stop_at: float) -> None:
         # Every action once per round: the first round in ACTIONS order (a short run covers the crashes
         # first), later rounds shuffled.
-        order = list(ACTIONS)
+        order = list(self.actions)
         while True:
             pause = self.rng.uniform(self.plan.interval * 0.5, self.plan.interval * 1.5)
             if self.first_round_done and trio.current_time() + pause >= stop_at:
                 return
             await trio.sleep(pause)
             if not order:
-                order = list(ACTIONS)
+                order = list(self.actions)
                 self.rng.shuffle(order)
             await self._act(order.pop(0))
             if not order:
@@ -247,6 +261,7 @@ class Chaos:
             delay_next=0,
             close_next=0,
             close_rate=0.0,
+            http_error_next=0,
         )
 
     # ---- the run -------------------------------------------------------------------------------------
@@ -254,14 +269,17 @@ class Chaos:
     async def run(self) -> ChaosFigures:
         plan = self.plan
         started = time.monotonic()
-        self.simulator = SimulatorProcess(self.workdir / "sim", latency_ms=5)
+        from connector_kinds import start_acquirer  # tests/ is importable once .hosts has run
+
+        acquirer = start_acquirer(plan.connector_kind, self.workdir, latency_ms=5)
+        self.simulator = acquirer.simulator
         try:
             self.host = AttackedHost(
                 self.workdir / "host",
                 self.simulator,
                 workers=plan.workers,
                 acquirer_timeout=plan.acquirer_timeout,
-                extra={"metrics": {"enabled": True}},
+                extra=acquirer.host_extra({"metrics": {"enabled": True}}),
             )
             await self._restart()
             try:

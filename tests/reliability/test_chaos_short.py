@@ -16,8 +16,8 @@ from reliability.scan import scan_bytes, scan_files
 pytestmark = pytest.mark.slow
 
 
-async def test_chaos_short_no_violations(tmp_path: Path) -> None:
-    plan = ChaosPlan(duration=16.0, clients=5, interval=2.0, seed=1)
+async def test_chaos_short_no_violations(tmp_path: Path, connector_kind: str) -> None:
+    plan = ChaosPlan(duration=16.0, clients=5, interval=2.0, seed=1, connector_kind=connector_kind)
     chaos = Chaos(tmp_path, plan)
     figures = await chaos.run()
     assert figures.violations == []
@@ -26,6 +26,8 @@ async def test_chaos_short_no_violations(tmp_path: Path) -> None:
     assert figures.lost_answers > 0 and figures.duplicates_served > 0
     assert figures.attempted >= 50 and figures.authorizations >= figures.attempted // 2
     assert figures.saf_left == 0 and figures.integrity_problems == 0
+    if connector_kind == "http":
+        assert figures.revocations >= 1 and figures.server_errors >= 1
     # Card data: every log line of every incarnation, every file under var/ (LMDB included), /metrics.
     assert chaos.host is not None and chaos.metrics_text
     hits = scan_files([*chaos.host.log_files(), *chaos.host.var_files()])

@@ -31,15 +31,42 @@ def _cmd_simulator(args: argparse.Namespace) -> int:
     if not host or not port.isdigit():
         print(f"cloudlayer simulator: --bind must be HOST:PORT, got {args.bind!r}")
         return 2
+    http_bind = args.http_bind or config.http.bind
+    http_host, _, http_port = http_bind.rpartition(":")
+    if http_bind and (not http_host or not http_port.isdigit()):
+        print(f"cloudlayer simulator: --http-bind must be HOST:PORT, got {http_bind!r}")
+        return 2
+    payment_host = None
+    if http_bind:
+        from pathlib import Path
+
+        from .payment_host.sim_server import PaymentHostSimulator
+
+        # Relative paths in [simulator.http] are the rules file's neighbours; its files are read now, not in trio.
+        rules_file = args.simulator_config or args.config
+        base_dir = Path(rules_file).resolve().parent if rules_file else Path.cwd()
+        try:
+            payment_host = PaymentHostSimulator(simulator, config.http, base_dir)
+        except (OSError, ValueError) as e:
+            print(f"cloudlayer simulator: [simulator.http]: {e}")
+            return 2
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
+            if payment_host is not None:
+                await nursery.start(payment_host.serve, http_host, int(http_port))
             await nursery.start(simulator.serve, host, int(port))
             print(
                 f"simulator listening on {host}:{simulator.port}, admin http://{host}:{simulator.admin_port}/ledger",
                 flush=True,
             )
             print(f"  ISO 8583 over {simulator.tls}", flush=True)
+            if payment_host is not None:
+                print(
+                    f"payment host listening on https://{http_host}:{payment_host.port} "
+                    f"(token endpoint /oauth/token; certificate {payment_host.ca_file})",
+                    flush=True,
+                )
 
     try:
         trio.run(main)
@@ -85,7 +112,9 @@ def _cmd_saf(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     """Add this package's subcommands. Each sets `func(args) -> int` and takes `parents=[common]`."""
-    p = sub.add_parser("simulator", parents=[common], help="run the ISO 8583 acquirer simulator")
+    p = sub.add_parser(
+        "simulator", parents=[common], help="run the acquirer simulator (ISO 8583, and the HTTPS payment host)"
+    )
     p.add_argument("--bind", default="127.0.0.1:9583", help="HOST:PORT for ISO 8583 (default 127.0.0.1:9583)")
     p.add_argument(
         "--simulator-config",
@@ -95,6 +124,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--tls-certfile", default="", help="serve TLS with this certificate (PEM); overrides the config")
     p.add_argument("--tls-keyfile", default="", help="the certificate's private key (PEM)")
     p.add_argument("--tls-client-ca", default="", help="require client certificates from this CA (mutual TLS)")
+    p.add_argument(
+        "--http-bind",
+        default="",
+        help="HOST:PORT to also serve the HTTPS/JSON payment-host API and its token endpoint (docs/payment-host.md)",
+    )
     p.set_defaults(func=_cmd_simulator)
 
     s = sub.add_parser("saf", parents=[common], help="inspect or retry the store-and-forward reversal queue")

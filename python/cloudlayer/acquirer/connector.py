@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import msgspec
 import structlog
 import trio
 
@@ -88,6 +89,10 @@ class Iso8583Connector:
         return any(link.up for link in self._links)
 
     @property
+    def not_ready_reason(self) -> str:
+        return "" if self.ready else "no acquirer link signed on"
+
+    @property
     def links_up(self) -> int:
         return sum(1 for link in self._links if link.up)
 
@@ -103,6 +108,10 @@ class Iso8583Connector:
     async def wait_ready(self) -> None:
         while not self.ready:
             await self._ready_event.wait()
+
+    def prepare(self, request: AcquirerRequest) -> AcquirerRequest:
+        """Fix the MTI now: recovery and reversals quote what was sent, whatever acquirer.purchase_mti says later."""
+        return msgspec.structs.replace(request, mti=request_mti(request, self._cfg.purchase_mti))
 
     async def send(self, request: AcquirerRequest) -> AcquirerResponse:
         with self._using_saf():

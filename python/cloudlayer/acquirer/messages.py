@@ -97,6 +97,7 @@ def reversal_for(request: AcquirerRequest, purchase_mti: str, acquirer_id: str) 
             transmission_datetime=request.transmission_datetime,
             acquirer_institution_id=acquirer_id,
             processing_code=_processing_code(request),
+            key=request.key,
         ),
     )
 

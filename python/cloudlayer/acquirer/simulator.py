@@ -13,6 +13,7 @@ import json
 import random
 import secrets
 import string
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -46,6 +47,8 @@ class Simulator:
         self.faults = msgspec.structs.replace(self.config.faults)
         self.port = 0
         self.admin_port = 0
+        # More admin routes (the payment host's /tokens): each returns (status, JSON) or None if not its route.
+        self.admin_extensions: list[Callable[[str, str, bytes], tuple[int, Any] | None]] = []
         self._framing = Framing(self.config.length_prefix)
         c = self.config  # TLS files are read here, once: a bad one fails the construction, not the serving
         self._tls = server_context(c.tls_certfile, c.tls_keyfile, c.tls_client_ca) if c.tls_certfile else None
@@ -277,6 +280,10 @@ class Simulator:
         await send({"type": "http.response.body", "body": data})
 
     def _admin_route(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
+        for extension in self.admin_extensions:
+            routed = extension(method, path, body)
+            if routed is not None:
+                return routed
         if path == "/ledger" and method == "GET":
             return 200, self.ledger.snapshot()
         if path == "/faults" and method == "GET":

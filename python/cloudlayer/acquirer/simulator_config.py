@@ -8,6 +8,8 @@ from typing import Literal
 
 import msgspec
 
+from .payment_host.sim_config import HttpSimulatorConfig
+
 
 class LatencyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     distribution: Literal["fixed", "uniform", "exponential"] = "fixed"
@@ -29,6 +31,11 @@ class FaultConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     close_rate: float = 0.0
     garbage_next: int = 0  # send a garbage frame instead of the next N answers
     garbage_rate: float = 0.0
+    # Payment host (HTTPS) only: answer 500 after processing the next N requests / this share of them, and
+    # answer 503 from the token endpoint to the next N token requests.
+    http_error_next: int = 0
+    http_error_rate: float = 0.0
+    token_error_next: int = 0
 
 
 class SimulatorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -49,6 +56,7 @@ class SimulatorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     scripts: dict[str, dict[str, str]] = msgspec.field(default_factory=dict)  # amount -> {"71"|"72": hex}
     latency: LatencyConfig = msgspec.field(default_factory=LatencyConfig)
     faults: FaultConfig = msgspec.field(default_factory=FaultConfig)
+    http: HttpSimulatorConfig = msgspec.field(default_factory=HttpSimulatorConfig)  # docs/payment-host.md
 
 
 def load_simulator_config(path: str | Path | None) -> SimulatorConfig:

@@ -1,7 +1,9 @@
 """What the transaction flow hands the acquirer link, and what comes back.
 
-This is the contract between `transactions/flow.py` and any connector (ISO 8583 over TCP today).
-Card data lives here in full only in memory, for the message to the acquirer; never log these objects.
+This is the contract between `transactions/flow.py` and any connector: ISO 8583 over TCP
+(`acquirer/connector.py`), the HTTPS/JSON payment host (`acquirer/payment_host/`), or one a customer writes
+for their own acquirer (docs/connectors.md says what it must do). Card data lives here in full only in
+memory, for the message to the acquirer; never log these objects.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from enum import StrEnum
 from typing import Protocol
 
 import msgspec
+import trio
 
 
 class MessageKind(StrEnum):
@@ -26,6 +29,7 @@ class OriginalData(msgspec.Struct, frozen=True, kw_only=True):
     transmission_datetime: str  # MMDDhhmmss (field 7 of the original)
     acquirer_institution_id: str = ""
     processing_code: str = ""  # field 3 of the original: a reversal repeats it ("" = purchase)
+    key: str = ""  # the original's transaction key (AcquirerRequest.key): what an idempotent host reverses
 
 
 class AcquirerRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,6 +54,9 @@ class AcquirerRequest(msgspec.Struct, frozen=True, kw_only=True):
     # The MTI this request is (to be) sent with, fixed when it is made: a repeat, a recovery or a reversal
     # quotes what was really sent even if acquirer.purchase_mti changed in between ("" = from config).
     mti: str = ""
+    # The transaction key (transactions.mapping.transaction_key: client id + transactionId, URL-safe): the same
+    # for every resend, recovery and reversal of this transaction. A host with idempotency keys gets this one.
+    key: str = ""
 
 
 class AcquirerResponse(msgspec.Struct, frozen=True, kw_only=True):
@@ -82,11 +89,31 @@ class OutcomeUnknown(Exception):
 
 
 class Connector(Protocol):
-    """An acquirer link. Implementations run their background tasks in a nursery via `run`."""
+    """An acquirer link (docs/connectors.md is the full contract). Implementations run their background tasks
+    in a nursery via `run`; the flow calls only what is below and knows no connector by name."""
 
     @property
     def ready(self) -> bool:
-        """True while at least one connection to the acquirer is up and signed on."""
+        """True while requests can be sent now (a link up and signed on; a token held and the host reachable)."""
+        ...
+
+    @property
+    def not_ready_reason(self) -> str:
+        """ "" while ready; else a few words for /readyz naming what is missing (never a secret)."""
+        ...
+
+    async def wait_ready(self) -> None:
+        """Return once `ready` (callers bound it with their own deadline)."""
+        ...
+
+    def prepare(self, request: AcquirerRequest) -> AcquirerRequest:
+        """Fix, once, whatever of `request` must stay the same for its first send, its recovery and its
+        reversal, whatever the config says later (ISO 8583: the MTI from acquirer.purchase_mti). Called before
+        the request is sealed into the PENDING record; no I/O."""
+        ...
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The connector's background work (links, tokens, the store-and-forward loop) until cancelled."""
         ...
 
     async def send(self, request: AcquirerRequest) -> AcquirerResponse:
@@ -97,13 +124,10 @@ class Connector(Protocol):
         """
         ...
 
-    async def wait_ready(self) -> None:
-        """Return once a connection is up and signed on (callers bound the wait)."""
-        ...
-
     async def inquire(self, request: AcquirerRequest) -> AcquirerResponse | None:
-        """Send the repeat form (0101/0201/0401) of a message whose outcome we lost (crash between
-        send and store). Returns the acquirer's original answer, or None if it never saw the original.
+        """Ask for the outcome of a message whose answer we lost (crash between send and store): ISO 8583 sends
+        the repeat form (0101/0201/0401), a payment host is asked by transaction key. Returns the acquirer's
+        original answer, or None if it never saw the original (and will not process it later as new).
         Raises AcquirerUnavailable / OutcomeUnknown as `send` does (without queuing anything)."""
         ...
 
@@ -113,6 +137,16 @@ class Connector(Protocol):
         ...
 
     async def queue_reversal(self, request: AcquirerRequest, reason: str) -> None:
-        """Durably queue a reversal (0400, field 90 from `request`) of a message whose outcome is unknown,
-        to be retried until the acquirer acknowledges it (0410)."""
+        """Durably queue a reversal of a message whose outcome is unknown (ISO 8583: an 0400 quoting it in field
+        90), to be retried until the acquirer acknowledges it (0410, or the host's answer)."""
         ...
+
+    # Counters and states the host copies into its metrics once a second (observability/metrics.py).
+    @property
+    def links_up(self) -> int: ...
+
+    @property
+    def saf_depth(self) -> int: ...
+
+    late_answers: int
+    reversals_queued: int

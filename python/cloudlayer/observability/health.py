@@ -14,6 +14,7 @@ CONTENT_TYPE = "application/json"
 class Readiness(msgspec.Struct, frozen=True, kw_only=True):
     store_writable: bool
     acquirer_link_up: bool
+    acquirer_reason: str = ""  # the connector's words for what is missing (e.g. "token endpoint failing")
 
     @property
     def ready(self) -> bool:
@@ -37,4 +38,6 @@ def readiness(flags: Readiness) -> tuple[int, bytes]:
             "acquirer": "up" if flags.acquirer_link_up else "down",
         },
     }
+    if not flags.acquirer_link_up and flags.acquirer_reason:
+        body["acquirer_reason"] = flags.acquirer_reason
     return (200 if flags.ready else 503), msgspec.json.encode(body)

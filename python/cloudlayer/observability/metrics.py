@@ -98,6 +98,21 @@ TOKEN_FAILURES = Counter(
     "unsupported_grant_type, locked_out, invalid_token).",
     ["reason"],
 )
+ACQUIRER_TOKEN_REQUESTS = Counter(
+    "cloudlayer_acquirer_token_requests",
+    "Token requests we made to the payment host's token endpoint (acquirer.kind = http), by outcome "
+    "(ok, refused, error).",
+    ["outcome"],
+)
+ACQUIRER_TOKEN_HELD = Gauge(
+    "cloudlayer_acquirer_token_held",
+    "Workers holding a usable payment-host access token (acquirer.kind = http).",
+    multiprocess_mode="livesum",
+)
+ACQUIRER_TOKEN_RESENDS = Counter(
+    "cloudlayer_acquirer_token_resends",
+    "Payment-host requests resent once with a new token after a 401 invalid_token.",
+)
 WORKERS = Gauge(
     "cloudlayer_workers",
     "Worker processes serving requests.",

@@ -19,7 +19,6 @@ import structlog
 import trio
 
 from .. import emv
-from ..acquirer.messages import request_mti
 from ..acquirer.types import (
     AcquirerRequest,
     AcquirerResponse,
@@ -42,7 +41,7 @@ from ..store.types import (
     TransactionStore,
 )
 from .decoding import conflict, decode, parse_emv
-from .mapping import build_acquirer_request, fingerprint
+from .mapping import build_acquirer_request, fingerprint, transaction_key
 from .models import APPROVED_CODES, TransactionResponse, TransactionType, encode_response, response_message
 from .originals import REVERSED_EVENT, original_for
 from .refusal import not_encodable
@@ -89,10 +88,8 @@ class TransactionFlow:
         sealer: Sealer,
         *,
         acquirer_timeout: float,
-        purchase_mti: str,
         link_wait: float | None = None,
     ) -> None:
-        self._purchase_mti = purchase_mti
         self._store = store
         self._connector = connector
         self._sealer = sealer
@@ -122,9 +119,10 @@ class TransactionFlow:
         original = await original_for(self._store, client_id, req) if is_reversal else None
         stan, rrn = await self._store.next_ids()
         now = time.time()
-        acq_req = build_acquirer_request(req, icc, card, stan=stan, rrn=rrn, now=now, original=original)
-        # Fix the MTI now: recovery and reversals must quote what was sent, whatever the config says later.
-        acq_req = msgspec.structs.replace(acq_req, mti=request_mti(acq_req, self._purchase_mti))
+        key = transaction_key(client_id, req.transaction_id)
+        acq_req = build_acquirer_request(req, icc, card, stan=stan, rrn=rrn, now=now, key=key, original=original)
+        # The connector fixes now what recovery and reversals must quote as sent, whatever the config says later.
+        acq_req = self._connector.prepare(acq_req)
         record = TransactionRecord(
             client_id=client_id,
             transaction_id=req.transaction_id,

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import time
 from typing import Final
 
 from .. import emv
 from ..acquirer.types import AcquirerRequest, MessageKind, OriginalData
 from .models import TransactionRequest
+
+
+def transaction_key(client_id: str, transaction_id: str) -> str:
+    """Our claim key (client id + transactionId) in a fixed-length URL- and header-safe form: unpadded base64url
+    of SHA-256 over both, NUL-separated (43 characters). A connector whose host dedups by key sends this one;
+    it carries no Mypinpad identifier in clear."""
+    digest = hashlib.sha256(f"{client_id}\0{transaction_id}".encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def transmission_datetime(now: float) -> str:
@@ -32,6 +42,7 @@ def build_acquirer_request(
     stan: str,
     rrn: str,
     now: float,
+    key: str = "",
     original: OriginalData | None = None,
 ) -> AcquirerRequest:
     local_time, local_date = _local_fields(req, now)
@@ -55,6 +66,7 @@ def build_acquirer_request(
         icc_data=icc,
         pin_block=bytes.fromhex(req.pin_block) if req.pin_block else None,
         original=original,
+        key=key,
     )
 
 

@@ -9,6 +9,7 @@ from ..acquirer.spec import PROCESSING_PURCHASE, PROCESSING_REFUND
 from ..acquirer.types import OriginalData
 from ..http.problems import Problem
 from ..store.types import State, TransactionStore
+from .mapping import transaction_key
 from .models import TransactionRequest, TransactionType
 
 # Timeline event written on an original transaction once a reversal of it is approved.
@@ -83,4 +84,5 @@ async def original_for(store: TransactionStore, client_id: str, req: Transaction
         processing_code=PROCESSING_REFUND
         if original.transaction_type == TransactionType.REFUND.value
         else PROCESSING_PURCHASE,
+        key=transaction_key(client_id, original.transaction_id),
     )
