@@ -29,7 +29,7 @@ from conventional.flow import card_from_emv, iso_request
 from conventional.models import TransactionRequest
 from conventional.store import Claimed, connect
 
-from run import FIELD_55, purchase_body
+from scenarios import FIELD_55, purchase_body
 
 SERVE = REPO / "bench" / "baselines" / "conventional" / "serve.py"
 PATH = "/transaction/process"
@@ -160,12 +160,16 @@ def test_no_answer_in_time_is_a_stored_91_and_a_dropped_link_is_reopened(
 def test_pending_is_committed_before_the_answer_and_a_duplicate_meanwhile_is_told_to_retry(
     baseline: Baseline, sim: SimulatorProcess
 ) -> None:
-    sim.set_faults(delay_seconds=0.5, delay_next=1)
+    # The acquirer holds the answer long enough for a loaded machine to look while it waits.
+    sim.set_faults(delay_seconds=3.0, delay_next=1)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         first = pool.submit(baseline.post, body("conv-dup"))
-        time.sleep(0.2)
+        deadline = time.monotonic() + 2.5
+        while "conv-dup" not in baseline.rows() and time.monotonic() < deadline:
+            time.sleep(0.02)
         # Committed (visible to another connection) while the acquirer still holds the answer.
         assert baseline.rows()["conv-dup"][0] == "PENDING"
+        assert not first.done()
         second = baseline.post(body("conv-dup"))
         assert first.result().status_code == 200
     assert second.status_code == 503 and second.headers["retry-after"] == "2"
