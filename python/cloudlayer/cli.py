@@ -20,7 +20,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     def started(digest: str) -> None:
         # One entry per start, once the host is bound and about to serve; a start that fails before is one
         # failed entry instead (run_audited). The host's own exit is in its logs, not here.
-        note(args, obj=f"host:{cfg.server.bind}", detail={"config_digest": digest, "config": args.config or ""})
+        detail = {"config_digest": digest, "config": args.config or "", "var_dir": str(cfg.var_path(""))}
+        note(args, obj=f"host:{cfg.server.bind}", detail=detail)
         args.audit_done = True
         if record(args, "host start", 0) != 0:
             raise ConfigError("the audit log is not writable (audit.path): not starting an unaudited host")

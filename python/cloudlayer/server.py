@@ -15,6 +15,7 @@ deadline, kills the workers (SIGKILL) and `serve` returns 1.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import multiprocessing
 import os
@@ -160,8 +161,11 @@ def startup_banner(cfg: Config, listen: Sequence[str], metrics_urls: Sequence[st
 
 
 def config_digest(cfg: Config) -> str:
-    """SHA-256 of the effective configuration (file and environment overrides), for the audit log."""
-    return hashlib.sha256(msgspec.json.encode(cfg)).hexdigest()
+    """SHA-256 of the effective configuration (file and environment overrides), for the audit log. The working
+    directory (`base_dir`) is left out: the same settings give the same digest wherever the host is started."""
+    doc = msgspec.to_builtins(cfg)
+    doc.pop("base_dir", None)
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def serve(
