@@ -19,6 +19,7 @@ import base64
 import fcntl
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +28,8 @@ from pathlib import Path
 import msgspec
 
 FORMAT = "cloudlayer-sealing-keys/1"
-LEGACY_KID = "0" * 16
+# Hex like every kid, never a long digit run: card-data scanners must not take a key id for a PAN.
+LEGACY_KID = "1e9ac0de1e9ac0de"
 KEY_BYTES = 32
 
 
@@ -55,7 +57,10 @@ class SealingRing(msgspec.Struct, kw_only=True):
 
 
 def new_kid() -> str:
-    return os.urandom(8).hex()
+    while True:
+        kid = os.urandom(8).hex()
+        if kid != LEGACY_KID and not re.search(r"[0-9]{13}", kid):
+            return kid
 
 
 @contextmanager
