@@ -48,12 +48,17 @@ def _config_for(args: argparse.Namespace) -> Config:
     return cfg if cfg is not None else load_config(getattr(args, "config", None))
 
 
-def record(args: argparse.Namespace, action: str, rc: int, error: str | None = None) -> int:
-    """Append the command's entry; a log that cannot be written turns success into exit 1 (said on stderr)."""
+def record(
+    args: argparse.Namespace, action: str, rc: int, error: str | None = None, *, config_error_said: bool = False
+) -> int:
+    """Append the command's entry; a log that cannot be written turns success into exit 1 (said on stderr).
+
+    Without a config that loads there is no log to write to (its place is in the config): said once."""
     try:
         cfg = _config_for(args)
     except ConfigError as e:
-        print(f"cloudlayer: not audited ({e})", file=sys.stderr)
+        if not config_error_said:
+            print(f"cloudlayer: not audited ({e})", file=sys.stderr)
         return rc or 2
     detail = dict(getattr(args, "audit_detail", {}))
     error = error or getattr(args, "audit_error", None)
@@ -83,7 +88,9 @@ def run_audited(args: argparse.Namespace, func: Callable[[argparse.Namespace], i
         rc = int(func(args))
     except ConfigError as e:
         print(f"cloudlayer: {e}", file=sys.stderr)
-        return 2 if getattr(args, "audit_done", False) else record(args, action, 2, str(e))
+        if getattr(args, "audit_done", False):
+            return 2
+        return record(args, action, 2, str(e), config_error_said=True)
     except BaseException as e:
         if not getattr(args, "audit_done", False):
             record(args, action, 1, f"{type(e).__name__}")  # the type only: a message might quote data
