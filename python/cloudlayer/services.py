@@ -7,6 +7,7 @@ from quart_trio import QuartTrio
 
 from .acquirer.factory import build_connector
 from .config import Config
+from .hostlock import hold_host_lock
 from .http import openapi
 from .oauth import register_routes as register_oauth_routes
 from .oauth.service import OAuthService
@@ -21,6 +22,8 @@ from .transactions.flow import TransactionFlow
 class Services:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        # Held while this worker lives: `cloudlayer restore` refuses a var dir a host is using.
+        self.host_lock = hold_host_lock(cfg)
         # The data key that seals card data at rest (pending requests, SAF reversals).
         self.sealer = Sealer.from_config(cfg)
         self.oauth = OAuthService.from_config(cfg)
@@ -69,3 +72,4 @@ class Services:
     def close(self) -> None:
         self.store.close()
         self.oauth.close()
+        self.host_lock.close()
