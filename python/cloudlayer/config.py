@@ -49,6 +49,10 @@ class ServerConfig(_Section):
     # The AES-256 data key that seals card data at rest (pending requests, SAF reversals); 0600, relative
     # to var_dir. Back it up apart from the store: without it, pending recoveries and SAF entries are lost.
     sealing_key_file: str = "keys/sealing.key"
+    # The HMAC secret of the card key (one card transaction = PAN, sequence and ATC, never stored in clear; see
+    # cloudlayer.cardkey); 0600, relative to var_dir. Back it up with the store: a new secret forgets which card
+    # transactions the store has already seen (their records stay, their duplicates are no longer caught).
+    card_key_file: str = "keys/card.key"
     dev_mode: bool = False
 
 

@@ -23,6 +23,7 @@ MAX_BLOB_BYTES = 32_768  # emv_redacted, sealed_request, response_body
 MAX_RECORD_BYTES = 128 * 1024
 MAX_EVENTS = 256
 MAX_AMOUNT = 10**12 - 1  # ISO 8583 field 4 holds 12 digits
+CARD_KEY_BYTES = 32  # cloudlayer.cardkey: HMAC-SHA256
 
 _encoder = msgspec.msgpack.Encoder()
 _record_decoder = msgspec.msgpack.Decoder(TransactionRecord)
@@ -94,6 +95,10 @@ def validate_claim(record: object) -> TransactionRecord:
     _check_id("transaction_id", rec.transaction_id)
     if len(rec.fingerprint) != 32:
         raise InvalidRecord("fingerprint: must be 32 bytes")
+    if len(rec.card_key) not in (0, CARD_KEY_BYTES):
+        raise InvalidRecord(f"card_key: must be empty or {CARD_KEY_BYTES} bytes")
+    if rec.reversed_by:
+        raise InvalidRecord("reversed_by: must be empty on a new claim")
     if rec.state is not State.PENDING:
         raise InvalidRecord("state: a claim must be PENDING")
     if not 0 <= rec.amount <= MAX_AMOUNT:
