@@ -36,7 +36,7 @@ from typing import IO, Any
 import psutil
 
 import report
-from loadgen_workload import RequestKind, Workload
+from loadgen_workload import TAP_PLACEHOLDER, RequestKind, Workload, fill
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -59,7 +59,8 @@ class BenchError(Exception):
 
 
 def _tlv(tag: str, value: str) -> str:
-    return f"{tag}{len(value) // 2:02X}{value}"
+    size = 8 if value == TAP_PLACEHOLDER else len(value) // 2  # {TAP} stands for 8 bytes
+    return f"{tag}{size:02X}{value}"
 
 
 # A Visa contactless authorisation's field 55 (test card 4761 7390 0101 0119, not a real card): 24 tags.
@@ -68,9 +69,10 @@ FIELD_55 = "".join(
     for t, v in (
         ("9F02", "000000001200"),
         ("9F03", "000000000000"),
-        ("9F26", "8E19ED4F2A1A4D2B"),
+        # A new tap per request (loadgen_workload's {TAP}): the cryptogram is fresh, and there is no ATC (9F36) so
+        # that the cryptogram is the card key (65,536 counters of one test card would not last a bench run).
+        ("9F26", "{TAP}"),
         ("82", "2000"),
-        ("9F36", "0013"),
         ("9F10", "06011203A00000"),
         ("9F33", "E0F8C8"),
         ("9F1A", "0826"),
@@ -603,7 +605,7 @@ class Bench:
             if status != 200:
                 raise BenchError(f"POST /oauth/token answered {status}: {body[:300]!r}")
             creds = Credentials(client["client_id"], client["client_secret"], json.loads(body)["access_token"])
-            probe = purchase_body().replace("{ID}", f"preflight-{scenario}-{self.run_tag}").encode()
+            probe = fill(purchase_body(), f"preflight-{scenario}-{self.run_tag}").encode()
             status, body = http_request(
                 port,
                 self.tls,
@@ -695,7 +697,7 @@ class Bench:
         if status != 200:
             raise BenchError(f"POST /oauth/token answered {status}: {body[:300]!r}")
         creds = Credentials(client_id, client_secret, json.loads(body)["access_token"])
-        probe = purchase_body().replace("{ID}", f"preflight-{scenario}-{self.run_tag}").encode()
+        probe = fill(purchase_body(), f"preflight-{scenario}-{self.run_tag}").encode()
         headers = {"content-type": "application/json", "authorization": f"Bearer {creds.token}"}
         status, body = http_request(port, self.tls, "POST", self.s.transaction_path, probe, headers)
         if status != 200:

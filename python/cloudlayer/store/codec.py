@@ -47,6 +47,11 @@ def terminal_stan_key(terminal_id: str, stan: str) -> bytes:
     return terminal_id.encode() + b"\0" + stan.encode()
 
 
+def card_index_key(client_id: str, card_key: bytes) -> bytes:
+    """by_card's key: per client, whatever the card key's own derivation (tenants never meet in the index)."""
+    return client_id.encode() + b"\0" + card_key
+
+
 def time_key(t: float, key: bytes = b"") -> bytes:
     return _TIME.pack(max(0, int(t * 1_000_000))) + key
 

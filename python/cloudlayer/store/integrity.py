@@ -228,20 +228,20 @@ def _check_card_keys(
     problems = report.problems
     index: dict[bytes, bytes] = {}
     if by_card is not None:
-        for card_key, target in txn.cursor(db=by_card):
+        for ikey, target in txn.cursor(db=by_card):
             report.index_entries += 1
-            index[bytes(card_key)] = bytes(target)
+            index[bytes(ikey)] = bytes(target)
             rec = records.get(bytes(target))
             if rec is None:
                 problems.append(Problem("card-key", _printable_key(target), "by_card entry for a missing record"))
-            elif rec.card_key != card_key:
+            elif codec.card_index_key(rec.client_id, rec.card_key) != ikey:
                 problems.append(Problem("card-key", _printable_key(target), "by_card entry for another card key"))
     for key, rec in records.items():
         if not rec.card_key:
             continue
         if len(rec.card_key) != codec.CARD_KEY_BYTES:
             problems.append(Problem("card-key", _printable_key(key), "card_key is not 32 bytes"))
-        elif index.get(rec.card_key) != key:
+        elif index.get(codec.card_index_key(rec.client_id, rec.card_key)) != key:
             problems.append(Problem("card-key", _printable_key(key), "record missing from by_card"))
 
 

@@ -1,6 +1,7 @@
 """The LMDB store's second and third keys of a claim, applied inside the claim's own write transaction.
 
-  - the card key (cloudlayer.cardkey): `by_card` maps card_key -> record key, one record per card transaction;
+  - the card key (cloudlayer.cardkey): `by_card` maps client_id NUL card_key -> record key, one record per card
+    transaction of a client;
   - a REVERSAL's original: checked and held by store.reversals (the rules every backend shares), and settled
     in the write transaction that completes the reversal.
 
@@ -36,7 +37,7 @@ def refuse_or_hold(txn: Txn, dbs: Dbs, key: bytes, rec: TransactionRecord, now: 
     """For a NEW transactionId: the Claim that refuses it (nothing written), or None after taking its card key
     and holding its original (written in `txn`, committed with the record itself)."""
     if rec.card_key:
-        held = txn.get(rec.card_key, db=dbs.by_card)
+        held = txn.get(codec.card_index_key(rec.client_id, rec.card_key), db=dbs.by_card)
         if held is not None and held != key:
             other = _get(txn, dbs, held)
             if other is not None:
@@ -53,7 +54,7 @@ def refuse_or_hold(txn: Txn, dbs: Dbs, key: bytes, rec: TransactionRecord, now: 
         if why is not None:
             return Claim(ClaimOutcome.ORIGINAL_REFUSED, original or rec, refusal=why)
     if rec.card_key:
-        txn.put(rec.card_key, key, db=dbs.by_card)
+        txn.put(codec.card_index_key(rec.client_id, rec.card_key), key, db=dbs.by_card)
     if original is not None and reversals.hold(original, rec, now):
         txn.put(original_key, codec.encode(original), db=dbs.records)
     return None
@@ -72,5 +73,6 @@ def settle_original(txn: Txn, dbs: Dbs, rec: TransactionRecord, now: float) -> N
 
 def forget_card_key(txn: Txn, dbs: Dbs, key: bytes, rec: TransactionRecord) -> None:
     """With the record's deletion (retention): its card key goes too, if it is still this record's."""
-    if rec.card_key and txn.get(rec.card_key, db=dbs.by_card) == key:
-        txn.delete(rec.card_key, db=dbs.by_card)
+    index_key = codec.card_index_key(rec.client_id, rec.card_key)
+    if rec.card_key and txn.get(index_key, db=dbs.by_card) == key:
+        txn.delete(index_key, db=dbs.by_card)

@@ -17,7 +17,7 @@ Named databases:
   by_term_stan  terminal_id NUL stan -> record key (dupsort)
   by_created    be64(created_at us) + record key -> ""   (list_since)
   by_completed  be64(completed_at us) + record key -> "" (purge; COMPLETED records only)
-  by_card       card_key -> record key (one record per card transaction; lmdb_keys.py)
+  by_card       client_id NUL card_key -> record key (one record per card transaction; lmdb_keys.py)
   meta          ids:next -> be64 sequence; hb:<owner> -> be64 double heartbeat time
 """
 
