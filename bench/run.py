@@ -63,7 +63,7 @@ def _tlv(tag: str, value: str) -> str:
     return f"{tag}{size:02X}{value}"
 
 
-# A Visa contactless authorisation's field 55 (test card 4761 7390 0101 0119, not a real card): 23 tags (no ATC: see {TAP} below).
+# A Visa contactless authorisation's field 55 (test card 4761 7390 0101 0119, not a real card): 23 tags, no ATC ({TAP}).
 FIELD_55 = "".join(
     _tlv(t, v)
     for t, v in (
