@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import report
-from loadgen_workload import RequestKind, Workload
+from loadgen_workload import RequestKind, Workload, fill
 from machine import machine_info, versions
 from processes import (
     START_TIMEOUT,
@@ -133,7 +133,7 @@ class Bench:
             if status != 200:
                 raise BenchError(f"POST /oauth/token answered {status}: {body[:300]!r}")
             creds = Credentials(client["client_id"], client["client_secret"], json.loads(body)["access_token"])
-            probe = purchase_body().replace("{ID}", f"preflight-{scenario}-{self.run_tag}").encode()
+            probe = fill(purchase_body(), f"preflight-{scenario}-{self.run_tag}").encode()
             status, body = http_request(
                 port,
                 self.tls,
@@ -225,7 +225,7 @@ class Bench:
         if status != 200:
             raise BenchError(f"POST /oauth/token answered {status}: {body[:300]!r}")
         creds = Credentials(client_id, client_secret, json.loads(body)["access_token"])
-        probe = purchase_body().replace("{ID}", f"preflight-{scenario}-{self.run_tag}").encode()
+        probe = fill(purchase_body(), f"preflight-{scenario}-{self.run_tag}").encode()
         headers = {"content-type": "application/json", "authorization": f"Bearer {creds.token}"}
         status, body = http_request(port, self.tls, "POST", self.s.transaction_path, probe, headers)
         if status != 200:

@@ -8,7 +8,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadgen_workload import RequestKind
+from loadgen_workload import TAP_PLACEHOLDER, RequestKind
 
 TARGETS = ("host", "quart-trio", "bare-asgi", "conventional")
 SCENARIOS = ("unique", "http", "retry", "token", "latency", "mix", "micro")
@@ -18,18 +18,20 @@ SCENARIOS = ("unique", "http", "retry", "token", "latency", "mix", "micro")
 
 
 def _tlv(tag: str, value: str) -> str:
-    return f"{tag}{len(value) // 2:02X}{value}"
+    size = 8 if value == TAP_PLACEHOLDER else len(value) // 2  # {TAP} stands for 8 bytes
+    return f"{tag}{size:02X}{value}"
 
 
-# A Visa contactless authorisation's field 55 (test card 4761 7390 0101 0119, not a real card): 24 tags.
+# A Visa contactless authorisation's field 55 (test card 4761 7390 0101 0119, not a real card): 23 tags, no ATC ({TAP}).
 FIELD_55 = "".join(
     _tlv(t, v)
     for t, v in (
         ("9F02", "000000001200"),
         ("9F03", "000000000000"),
-        ("9F26", "8E19ED4F2A1A4D2B"),
+        # A new tap per request (loadgen_workload's {TAP}): the cryptogram is fresh, and there is no ATC (9F36) so
+        # that the cryptogram is the card key (65,536 counters of one test card would not last a bench run).
+        ("9F26", "{TAP}"),
         ("82", "2000"),
-        ("9F36", "0013"),
         ("9F10", "06011203A00000"),
         ("9F33", "E0F8C8"),
         ("9F1A", "0826"),

@@ -29,7 +29,8 @@ from conventional.flow import card_from_emv, iso_request
 from conventional.models import TransactionRequest
 from conventional.store import Claimed, connect
 
-from scenarios import FIELD_55, purchase_body
+from loadgen_workload import fill
+from scenarios import purchase_body
 
 SERVE = REPO / "bench" / "baselines" / "conventional" / "serve.py"
 PATH = "/transaction/process"
@@ -101,7 +102,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory, sim: SimulatorProcess) ->
 
 
 def body(txn: str, **changes: Any) -> str:
-    fields = json.loads(purchase_body().replace("{ID}", txn)) | changes
+    fields = json.loads(fill(purchase_body(), txn)) | changes
     return json.dumps({k: v for k, v in fields.items() if v is not None})
 
 
@@ -241,7 +242,7 @@ def test_the_spec_is_our_dialect_and_the_0200_is_the_one_the_host_sends() -> Non
     for extra in ({}, {"pinBlock": "0123456789ABCDEF", "transactionType": "REFUND"}):
         raw = body("conv-diff", **extra)
         host_req = decode_request(raw.encode())
-        icc = bytes.fromhex(FIELD_55)
+        icc = bytes.fromhex(host_req.emv_data or "")
         ours = build_request(
             build_acquirer_request(
                 host_req, icc, emv.card_data(icc), stan="000042", rrn="633600000042", now=time.time()

@@ -52,6 +52,10 @@ class ServerConfig(_Section):
     # A retired sealing key is dropped (by `keys rotate-sealing` / `keys retire-sealing`) only when no stored
     # entry uses it and it was retired at least this many seconds ago (every worker has picked up the rotation).
     sealing_retire_grace: float = 300.0
+    # The HMAC secret of the card key (one card transaction = PAN, sequence and ATC, never stored in clear; see
+    # cloudlayer.cardkey); 0600, relative to var_dir. Back it up with the store: a new secret forgets which card
+    # transactions the store has already seen (their records stay, their duplicates are no longer caught).
+    card_key_file: str = "keys/card.key"
     dev_mode: bool = False
 
 

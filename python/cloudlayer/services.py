@@ -6,6 +6,7 @@ import trio
 from quart_trio import QuartTrio
 
 from .acquirer.factory import build_connector
+from .cardkey import CardKeys
 from .config import Config
 from .hostlock import hold_host_lock
 from .http import openapi
@@ -33,6 +34,8 @@ class Services:
             self.store,
             self.connector,
             self.sealer,
+            # The HMAC secret of card keys (the same card transaction under another transactionId): 0600 file.
+            card_keys=CardKeys.from_config(cfg),
             acquirer_timeout=cfg.acquirer.timeout,
             # Recovery waits this long for a signed-on link before concluding 'unknown' (and reversing): one
             # connection attempt and its sign-on, what a restarted worker needs.
