@@ -86,12 +86,14 @@ py-test: native $(PROMTOOL) $(CARGO_CYCLONEDX)
 
 test: rust-test native lint typecheck py-test
 
-# A release wheel, installed into a throw-away venv, must import its native module.
+# A release wheel, installed into a throw-away venv as docs/deploy.md installs it (its dependencies from
+# requirements/runtime.txt, hash-checked, then the wheel alone), must import its native module.
 wheel-check: $(STAMP)
 	rm -rf dist /tmp/cloudlayer-wheel-venv
 	$(VENV)/bin/maturin build --release -q -o dist
 	$(PYTHON) -m venv /tmp/cloudlayer-wheel-venv
-	/tmp/cloudlayer-wheel-venv/bin/pip install -q dist/*.whl
+	/tmp/cloudlayer-wheel-venv/bin/pip install -q --require-hashes -r requirements/runtime.txt
+	/tmp/cloudlayer-wheel-venv/bin/pip install -q --no-deps dist/*.whl
 	cd /tmp && /tmp/cloudlayer-wheel-venv/bin/python -c "import cloudlayer._native as n, cloudlayer.emv as e; print('wheel ok', n.__version__, e.decode('9F02060000000010009A03261126'))"
 
 # Load and micro benchmarks, baselines side by side (bench/README.md); BENCH_ARGS="--quick" for a short run.
