@@ -3,6 +3,7 @@ rules`), every rule has a test, and the tests catch a broken rule."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -90,3 +91,9 @@ def test_the_unit_tests_catch_a_broken_rule(tmp_path: Path, old: str, new: str) 
     result = run_promtool("test", "rules", RULE_TESTS.name, cwd=tmp_path)
     assert result.returncode != 0
     assert "FAILED" in result.stdout + result.stderr
+
+
+def test_docs_deploy_lists_every_alert() -> None:
+    alerts = {rule["alert"] for group in load(RULES)["groups"] for rule in group["rules"] if "alert" in rule}
+    documented = set(re.findall(r"^\| `(CloudLayer\w+)` \|", (REPO / "docs/deploy.md").read_text(), re.MULTILINE))
+    assert documented == alerts
