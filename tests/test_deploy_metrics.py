@@ -17,6 +17,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from cloudlayer.observability import metrics
 from cloudlayer.samples import sample_purchase
 from conftest import REPO
 from txn_harness import Host, SimulatorProcess
@@ -164,3 +165,12 @@ def test_the_label_values_the_rules_select_are_exported(exported: list[Sample]) 
     assert selected == {("route", "/transaction/process"), ("code", "91")}
     for label, wanted in selected:
         assert any(s.labels.get(label) == wanted for s in exported), (label, wanted)
+
+
+@pytest.mark.parametrize(
+    ("code", "label"),
+    [("00", "00"), ("91", "91"), ("N7", "N7"), ("9", "other"), ("001", "other"), ("9 ", "other"), ("é1", "other")],
+)
+def test_a_response_code_label_is_two_letters_or_digits(code: str, label: str) -> None:
+    """What an acquirer sends as a response code cannot grow the label set: garbage is 'other'."""
+    assert metrics.response_code_label(code) == label
