@@ -38,7 +38,7 @@ async def test_a_request_that_cannot_be_encoded_after_the_claim_is_refused_not_d
         sealer = Sealer.from_config(cfg)
         store = LmdbStore.from_config(cfg)
         connector = Iso8583Connector(cfg.acquirer, cfg.var_path("saf"), sealer)
-        flow = TransactionFlow(store, connector, sealer, acquirer_timeout=2.0, purchase_mti="0200")
+        flow = TransactionFlow(store, connector, sealer, acquirer_timeout=2.0)
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(store.run)
