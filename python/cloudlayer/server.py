@@ -283,6 +283,7 @@ class _Supervisor:
         if self.stopping:
             return
         log.error("worker_exited", pid=process.pid, exitcode=process.exitcode)
+        metrics.SUPERVISOR.worker_exits += 1
         now = trio.current_time()
         self.deaths = [t for t in self.deaths if now - t < CRASH_LOOP_WINDOW] + [now]
         if len(self.deaths) > CRASH_LOOP_DEATHS:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
+import lmdb
 import trio
 from quart_trio import QuartTrio
 
@@ -51,6 +54,7 @@ class Services:
         await nursery.start(self.store.run)
         await nursery.start(self.connector.run)
         self.flow.attach(nursery)
+        metrics.initialise()
         nursery.start_soon(self._sample_metrics)
 
     def readiness(self) -> Readiness:
@@ -61,16 +65,28 @@ class Services:
         )
 
     async def _sample_metrics(self) -> None:
-        """Copy the connector's counters and states into Prometheus once a second (off the hot path)."""
+        """Copy the connector's and the store's counters and states into Prometheus once a second (off the hot
+        path; the store reads in a thread, they are LMDB transactions)."""
         late = reversals = 0
         while True:
             c = self.connector
             metrics.ACQUIRER_LINKS_UP.set(c.links_up)
-            metrics.SAF_QUEUE_DEPTH.set(c.saf_depth)
             metrics.ACQUIRER_LATE_RESPONSES.inc(c.late_answers - late)
             metrics.REVERSALS.labels("queued").inc(c.reversals_queued - reversals)
             late, reversals = c.late_answers, c.reversals_queued
+            try:
+                depth, oldest, (used, limit) = await trio.to_thread.run_sync(self._read_stores)
+            except lmdb.Error:
+                pass  # a store closing under us at shutdown: this sample is skipped, nothing else
+            else:
+                metrics.SAF_QUEUE_DEPTH.set(depth)
+                metrics.SAF_OLDEST_AGE.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
+                metrics.STORE_MAP_USED.set(used)
+                metrics.STORE_MAP_MAX.set(limit)
             await trio.sleep(1.0)
+
+    def _read_stores(self) -> tuple[int, float | None, tuple[int, int]]:
+        return self.connector.saf_depth, self.connector.saf_oldest_created(), self.store.map_usage()
 
     def close(self) -> None:
         self.store.close()

@@ -101,6 +101,10 @@ class Iso8583Connector:
         """Reversals waiting in the store-and-forward queue (shared by every worker)."""
         return len(self._saf)
 
+    def saf_oldest_created(self) -> float | None:
+        """Creation time of the oldest reversal waiting (None if none); blocks on the store: call in a thread."""
+        return self._saf.oldest_created()
+
     @property
     def in_flight(self) -> int:
         return len(self._pending)

@@ -132,6 +132,10 @@ class HttpConnector:
     def saf_depth(self) -> int:
         return len(self._saf)
 
+    def saf_oldest_created(self) -> float | None:
+        """Creation time of the oldest reversal waiting (None if none); blocks on the store: call in a thread."""
+        return self._saf.oldest_created()
+
     @property
     def token_requests(self) -> int:
         return self._tokens.requests
