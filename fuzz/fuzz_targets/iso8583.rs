@@ -56,7 +56,8 @@ fn values(msg: &Message<'_>) -> Vec<Option<String>> {
 
 fn encode(d: &Dialect, mti: &str, v: &[Option<String>]) -> Result<Vec<u8>, String> {
     let inputs: Vec<Option<Input<'_>>> = v.iter().map(|s| s.as_deref().map(Input::Text)).collect();
-    d.encode(Some(Input::Text(mti)), &inputs).map_err(|e| e.to_string())
+    d.encode(Some(Input::Text(mti)), &inputs)
+        .map_err(|e| e.to_string())
 }
 
 /// Bytes to a message: MTI, then (field selector, length, content) items with lengths near the bounds.
@@ -82,7 +83,12 @@ fn recipe(data: &[u8], fields: &[(usize, FieldSpec)]) -> (String, Vec<Option<Str
             l => usize::from(l),
         };
         let content: Vec<u8> = it.by_ref().take(want.min(64)).collect();
-        let byte = |i: usize| content.get(i % content.len().max(1)).copied().unwrap_or(b'0');
+        let byte = |i: usize| {
+            content
+                .get(i % content.len().max(1))
+                .copied()
+                .unwrap_or(b'0')
+        };
         let value = match (spec.encoding, flags & 6) {
             (_, 6) => String::from_utf8_lossy(&content).into_owned(),
             (Encoding::Ascii, _) => (0..want).map(|i| char::from(byte(i) & 0x7F)).collect(),
