@@ -281,3 +281,53 @@ def test_fuzz_corpus_and_regressions_replay(path: Path) -> None:
     assert_decode_agrees(payload)
     if path.parent.name == "corpus":
         assert codec.encode(codec.decode(payload)) == payload
+
+
+# --- no panic reachable from Python: whatever it is handed, a Python exception or a result ----------------
+
+ANY_VALUE = st.one_of(ANY_TEXT, st.integers(), st.binary(max_size=8), st.none(), st.floats(), st.lists(st.text()))
+
+
+@SETTINGS
+@given(
+    st.dictionaries(
+        st.one_of(st.sampled_from(["t", "p", "1", "h", "65", *map(str, FIELDS)]), ANY_TEXT, st.integers()),
+        ANY_VALUE,
+        max_size=12,
+    )
+)
+def test_any_dict_encodes_or_raises_encode_error(message: dict[Any, Any]) -> None:
+    try:
+        codec.encode(message)
+    except EncodeError as e:
+        assert isinstance(e.field, str)
+
+
+SPEC_VALUE = st.one_of(
+    st.sampled_from(["ascii", "b", "bcd", "cp500", "bytes", "nibbles", ""]), st.integers(-2, 1200), st.none()
+)
+
+
+@SETTINGS
+@given(
+    st.dictionaries(
+        st.one_of(st.sampled_from(["t", "p", "1", "h", "65", "0", "129", *map(str, FIELDS)]), ANY_TEXT),
+        st.one_of(
+            st.dictionaries(
+                st.sampled_from(["data_enc", "len_enc", "len_type", "max_len", "len_count", "desc"]), SPEC_VALUE
+            ),
+            ANY_VALUE,
+        ),
+        max_size=8,
+    )
+)
+def test_any_spec_builds_a_dialect_or_raises(changes: dict[str, Any]) -> None:
+    try:
+        dialect = Iso8583Dialect(dict(SPEC) | changes)
+    except (ValueError, TypeError):
+        return
+    for payload in _fuzz_inputs():
+        try:
+            dialect.decode(payload.read_bytes())
+        except Iso8583DecodeError:
+            pass
