@@ -101,19 +101,27 @@ bench: native
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 # The long forms of the reliability suite (chaos, soak, card-data scan; the short forms run in `make test`),
-# then the EMV fuzzer for a bounded time when a nightly toolchain is there (cargo-fuzz needs it). New
+# then the native fuzzers for a bounded time when a nightly toolchain is there (cargo-fuzz needs it). New
 # corpus entries go to a temporary directory; a crasher lands in fuzz/artifacts/ (keep it in fuzz/regressions/).
 reliability: native
 	$(PY) tests/reliability/run.py $(RELIABILITY_ARGS)
 	$(MAKE) fuzz
 
+# FUZZ_SECONDS is the total, split evenly between the targets (EMV TLV, ISO 8583).
 FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := tlv:512 iso8583:4096
 fuzz:
 	@if rustup toolchain list 2>/dev/null | grep -q nightly; then \
 	  command -v cargo-fuzz >/dev/null || cargo install -q --locked cargo-fuzz \
 	    || { echo "fuzz: cargo-fuzz could not be installed here; skipped"; exit 0; }; \
-	  work=$$(mktemp -d) && cd fuzz && cargo +nightly fuzz run tlv $$work corpus/tlv -- \
-	    -max_total_time=$(FUZZ_SECONDS) -max_len=512; rc=$$?; rm -rf $$work; exit $$rc; \
+	  each=$$(( $(FUZZ_SECONDS) / $(words $(FUZZ_TARGETS)) )); [ $$each -ge 1 ] || each=1; \
+	  for t in $(FUZZ_TARGETS); do \
+	    name=$${t%%:*}; max=$${t##*:}; work=$$(mktemp -d); \
+	    echo "fuzz: $$name for $$each s"; \
+	    (cd fuzz && cargo +nightly fuzz run $$name $$work corpus/$$name -- \
+	      -max_total_time=$$each -max_len=$$max); rc=$$?; rm -rf $$work; \
+	    [ $$rc -eq 0 ] || exit $$rc; \
+	  done; \
 	else echo "fuzz: no nightly toolchain here; the corpus and regressions still run in make test"; fi
 
 clean:

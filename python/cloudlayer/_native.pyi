@@ -1,7 +1,7 @@
-"""Type stubs for the Rust extension (rust/). Use it through `cloudlayer.emv`."""
+"""Type stubs for the Rust extension (rust/). Use it through `cloudlayer.emv` and `cloudlayer.acquirer.codec`."""
 
-from collections.abc import Iterable, Sequence
-from typing import Final, TypeAlias
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final, TypeAlias
 
 __version__: Final[str]
 MAX_DEPTH: Final[int]
@@ -38,3 +38,19 @@ def masked_pan(data: bytes | bytearray | str, /) -> str | None: ...
 def card_data(data: bytes | bytearray | str, /) -> CardData | None: ...
 def fingerprint(fields: Iterable[tuple[str, FieldValue]], /) -> bytes: ...
 def build_response_emv(response_code: str, issuer_icc: bytes | bytearray | str, /) -> bytes: ...
+
+# ISO 8583 (rust/iso8583.rs): the dialect is built from a pyiso8583 spec dict (acquirer/spec.py's SPEC).
+
+class Iso8583EncodeError(ValueError):
+    field: str  # "t" for the MTI, else the field number
+    reason: str  # pyiso8583's wording; never the value
+
+class Iso8583DecodeError(ValueError):
+    field: str  # "t", "p" (primary bitmap), "1" (secondary bitmap) or the field number
+    offset: int  # bytes into the payload
+    reason: str  # a stable code: truncated, mti-not-digits, undefined-field, ...
+
+class Iso8583Dialect:
+    def __init__(self, spec: Mapping[str, Mapping[str, Any]], /) -> None: ...
+    def encode(self, message: dict[str, str], /) -> bytes: ...
+    def decode(self, payload: bytes | bytearray, /) -> dict[str, str]: ...

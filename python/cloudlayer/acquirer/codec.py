@@ -1,12 +1,18 @@
-"""Frames and messages: the length prefix on the TCP stream, and pyiso8583 encode/decode with our spec."""
+"""Frames and messages: the length prefix on the TCP stream, and ISO 8583 pack/unpack with our spec.
+
+Pack/unpack is the native codec (rust/iso8583.rs), built from spec.py's SPEC so the dialect has one source
+of truth. It is a hand-written replacement for the kept library because pyiso8583 was the largest library
+cost on the hot path (bench/bench_iso8583.py): pyiso8583 stays as its oracle (reference_codec.py), and
+tests/test_iso8583_native.py and the `iso8583` fuzz target hold the two to the same bytes and errors.
+"""
 
 from __future__ import annotations
 
 from typing import Final, Literal
 
-import iso8583
 import trio
 
+from .._native import Iso8583DecodeError, Iso8583Dialect, Iso8583EncodeError
 from .spec import MAX_FRAME, SPEC
 
 LengthPrefix = Literal["2B", "4B", "4A"]
@@ -93,26 +99,21 @@ class FrameReader:
         return payload
 
 
+DIALECT: Final = Iso8583Dialect(SPEC)
+
+
 def encode(message: Message) -> bytes:
     """Encode a message dict (field number -> value; binary fields as hex). Raises EncodeError naming the field."""
     try:
-        raw, _ = iso8583.encode(dict(message), SPEC)
-    except iso8583.EncodeError as e:
-        # e.msg names the problem and e.field the field; never the value (it may be a PAN).
-        raise EncodeError(f"cannot encode ISO 8583 message: {e.msg}", str(e.field)) from None
-    return bytes(raw)
+        return DIALECT.encode(message)
+    except Iso8583EncodeError as e:
+        # e.reason names the problem and e.field the field; never the value (it may be a PAN).
+        raise EncodeError(f"cannot encode ISO 8583 message: {e.reason}", e.field) from None
 
 
 def decode(payload: bytes) -> Message:
     """Decode one payload. Raises FrameError (carrying only length + masked prefix) if it is not our dialect."""
     try:
-        doc, _ = iso8583.decode(payload, SPEC)
-    except iso8583.DecodeError as e:
-        raise FrameError(f"undecodable message: {e.msg}: field {e.field}", payload) from None
-    except (KeyError, ValueError, TypeError):
-        # A bitmap naming a field our dialect does not define (pyiso8583 raises KeyError there).
-        raise FrameError("message uses fields outside our dialect", payload) from None
-    mti = doc.get("t", "")
-    if not (mti.isdigit() and len(mti) == 4):
-        raise FrameError("message type is not 4 digits", payload)
-    return {k: v for k, v in doc.items() if k not in ("p", "1", "h")}
+        return DIALECT.decode(payload)
+    except Iso8583DecodeError as e:
+        raise FrameError(f"undecodable message: {e.reason} in field {e.field}", payload) from None
