@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,7 +30,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -120,6 +122,29 @@ WORKERS = Gauge(
 )
 
 
+class SupervisorStats:
+    """Counts kept by the serving parent itself (not a worker). They are plain numbers rendered by a custom
+    collector: a prometheus_client Counter here would be file-backed or not depending on whether
+    PROMETHEUS_MULTIPROC_DIR was set when prometheus_client was first imported, and so be summed twice or never."""
+
+    def __init__(self) -> None:
+        self.hung_killed = 0
+
+
+SUPERVISOR = SupervisorStats()
+
+
+class _SupervisorCollector(Collector):
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "cloudlayer_workers_hung_killed",
+            "Workers killed (and replaced) by the supervisor because their heartbeat stopped "
+            "(server.worker_heartbeat_timeout).",
+        )
+        family.add_metric([], SUPERVISOR.hung_killed)
+        yield family
+
+
 def observe_request(route: str, status: int, outcome: str, seconds: float) -> None:
     """Count one answered request and its duration (one call on the hot path)."""
     REQUESTS.labels(route, str(status), outcome).inc()
@@ -153,6 +178,7 @@ def exporter_registry() -> CollectorRegistry:
         return REGISTRY
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]  # unannotated upstream
+    registry.register(_SupervisorCollector())
     return registry
 
 
