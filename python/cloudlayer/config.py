@@ -42,6 +42,9 @@ class ServerConfig(_Section):
     # keep_alive_timeout or idle connections close early. It also bounds a slow sender.
     read_timeout: int = 90
     graceful_timeout: float = 20.0
+    # TCP_QUICKACK after each TLS handshake: without it the first request on a new TLS 1.3 connection waits
+    # ~40 ms on a delayed ACK (hypercorn_fixes.py). Linux only; off only to measure the difference.
+    tcp_quickack: bool = True
     # Hung workers: each worker's event loop ticks a heartbeat every interval; a worker silent for timeout
     # seconds (or not ticking within start_timeout of its spawn: importing, opening the store) is killed and
     # replaced, and its PENDING transactions recover as after a crash.

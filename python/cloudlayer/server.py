@@ -62,6 +62,8 @@ TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 class CloudLayerHypercornConfig(HypercornConfig):
     """Hypercorn's TLS context (TLS >= 1.2, no compression, ALPN) with the hardening its `options =` drops."""
 
+    tcp_quickack = True  # server.tcp_quickack, read by each worker (hypercorn_fixes)
+
     def create_ssl_context(self) -> ssl.SSLContext | None:
         context = super().create_ssl_context()
         if context is not None:
@@ -102,6 +104,7 @@ def hypercorn_config(cfg: Config, config_path: str | None) -> HypercornConfig:
     # Hypercorn's h11_max_incomplete_size (16 KiB) bounds the request line and headers.
     hc.alpn_protocols = ["h2", "http/1.1"] if server.http2 else ["http/1.1"]
     hc.ciphers = TLS12_CIPHERS
+    hc.tcp_quickack = server.tcp_quickack
     if server.tls:
         if server.certfile or server.keyfile:
             if not (server.certfile and server.keyfile):

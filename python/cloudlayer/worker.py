@@ -89,7 +89,7 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging(logging_cfg)
-    hypercorn_fixes.apply()
+    hypercorn_fixes.apply(tcp_quickack=getattr(config, "tcp_quickack", True))
     metrics.WORKERS.inc()
     for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
         sock.listen(config.backlog)
