@@ -6,18 +6,59 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deps-installed
 CONFIG ?= configs/dev.toml
 
-.PHONY: run test install native lint typecheck rust-test py-test wheel-check bench reliability fuzz clean
+.PHONY: run test install native lock lock-upgrade sbom promtool lint typecheck rust-test py-test wheel-check bench reliability fuzz clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -U pip 'maturin>=1.7,<2'
 
 MATURIN := VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/maturin
 
-# Editable install with every dependency, (re)done when pyproject.toml changes.
-$(STAMP): pyproject.toml | $(PY)
-	$(MATURIN) develop --release -q -E dev,bench
+# Every dependency comes from the lock, hash-checked, so that every install is the same set of files
+# (docs/supply-chain.md); then the project itself, editable, resolving nothing of its own. (Re)done when the
+# lock or pyproject.toml changes; a pyproject.toml the lock does not cover stops here, naming what to run.
+$(STAMP): requirements/dev.txt pyproject.toml | $(PY)
+	$(PY) -m pip install -q --require-hashes -r requirements/dev.txt
+	$(PY) tools/requirements_lock.py check
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Recompile requirements/dev.txt (every extra: what make installs) and requirements/runtime.txt (what the
+# wheel needs, at the same versions) from pyproject.toml, keeping every pin that still fits; lock-upgrade
+# moves every pin to the newest release that fits. uv comes from the lock itself (bootstrapped if absent).
+UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --universal --generate-hashes --python-version 3.11 \
+	--custom-compile-command "make lock" -q
+lock: | $(PY)
+	@test -x $(VENV)/bin/uv || $(PY) -m pip install -q --require-hashes -r requirements/dev.txt \
+	  || $(PY) -m pip install -q uv
+	$(UV_COMPILE) $(LOCK_ARGS) --extra dev --extra bench -o requirements/dev.txt
+	$(UV_COMPILE) $(LOCK_ARGS) -c requirements/dev.txt -o requirements/runtime.txt
+	$(PY) tools/requirements_lock.py check
+
+lock-upgrade:
+	$(MAKE) lock LOCK_ARGS=--upgrade
+
+# A CycloneDX SBOM of the wheel's components (docs/supply-chain.md): the Python packages of
+# requirements/runtime.txt as installed (cyclonedx-py, from the lock) and the Rust crates compiled into the
+# native module (cargo-cyclonedx over Cargo.lock), merged into dist/cloudlayer.cdx.json and validated.
+CARGO_CYCLONEDX_VERSION := 0.5.9
+CARGO_CYCLONEDX := $(VENV)/bin/cargo-cyclonedx
+$(CARGO_CYCLONEDX): | $(PY)
+	cargo install -q --locked --root $(abspath $(VENV)) cargo-cyclonedx@$(CARGO_CYCLONEDX_VERSION)
+
+sbom: $(STAMP) $(CARGO_CYCLONEDX)
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) tools/sbom.py -o dist/cloudlayer.cdx.json
+
+# promtool (for the alerting rules' tests) from Debian's prometheus package, unpacked into the venv: the
+# package itself would also install and start a Prometheus server. One already on PATH is used as it is.
+PROMTOOL := $(VENV)/bin/promtool
+$(PROMTOOL): | $(PY)
+	@if command -v promtool >/dev/null 2>&1; then ln -sf "$$(command -v promtool)" $@; else \
+	  work=$$(mktemp -d) && cd $$work && { apt-get download prometheus >/dev/null 2>&1 \
+	    || { apt-get update -qq && apt-get download prometheus; }; } \
+	  && dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x ./usr/bin/promtool \
+	  && install -m 0755 usr/bin/promtool $(abspath $@); rc=$$?; rm -rf $$work; exit $$rc; fi
+
+promtool: $(PROMTOOL)
 
 # The native module is rebuilt in place every time (cargo is incremental: seconds when nothing changed).
 native: $(STAMP)
@@ -34,23 +75,25 @@ rust-test:
 	cargo test -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check python tests bench
-	$(VENV)/bin/ruff format --check python tests bench
+	$(VENV)/bin/ruff check python tests bench tools
+	$(VENV)/bin/ruff format --check python tests bench tools
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-py-test: native
+py-test: native $(PROMTOOL) $(CARGO_CYCLONEDX)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 test: rust-test native lint typecheck py-test
 
-# A release wheel, installed into a throw-away venv, must import its native module.
+# A release wheel, installed into a throw-away venv as docs/deploy.md installs it (its dependencies from
+# requirements/runtime.txt, hash-checked, then the wheel alone), must import its native module.
 wheel-check: $(STAMP)
 	rm -rf dist /tmp/cloudlayer-wheel-venv
 	$(VENV)/bin/maturin build --release -q -o dist
 	$(PYTHON) -m venv /tmp/cloudlayer-wheel-venv
-	/tmp/cloudlayer-wheel-venv/bin/pip install -q dist/*.whl
+	/tmp/cloudlayer-wheel-venv/bin/pip install -q --require-hashes -r requirements/runtime.txt
+	/tmp/cloudlayer-wheel-venv/bin/pip install -q --no-deps dist/*.whl
 	cd /tmp && /tmp/cloudlayer-wheel-venv/bin/python -c "import cloudlayer._native as n, cloudlayer.emv as e; print('wheel ok', n.__version__, e.decode('9F02060000000010009A03261126'))"
 
 # Load and micro benchmarks, baselines side by side (bench/README.md); BENCH_ARGS="--quick" for a short run.

@@ -25,6 +25,7 @@ import msgspec
 import trio
 
 from cloudlayer.acquirer.connector import Iso8583Connector
+from cloudlayer.cardkey import CardKeys
 from cloudlayer.config import load_config
 from cloudlayer.samples import sample_purchase
 from cloudlayer.sealing import Sealer
@@ -66,7 +67,7 @@ async def _run(workdir: Path, port: int, n: int, concurrency: int) -> dict[str, 
     sealer = Sealer.from_config(cfg)
     store = LmdbStore.from_config(cfg)
     connector = Iso8583Connector(cfg.acquirer, cfg.var_path("saf"), sealer)
-    flow = TransactionFlow(store, connector, sealer, acquirer_timeout=5.0)
+    flow = TransactionFlow(store, connector, sealer, card_keys=CardKeys.from_config(cfg), acquirer_timeout=5.0)
     bodies = [msgspec.json.encode(sample_purchase(f"flow-{i}", amount=1000)) for i in range(n + 50)]
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)

@@ -3,12 +3,16 @@
 A workload is a weighted list of request kinds. A kind's body may hold the placeholder `{ID}`: each fresh
 request gets a new identifier there (unique across the run and across load generator processes), and with
 probability `replay_share` a request resends, byte for byte, the body of an earlier request of that kind
-(what Mypinpad does after a 500: the host must replay its stored answer). Requests are built from
+(what Mypinpad does after a 500: the host must replay its stored answer). `{TAP}` (16 hex digits: a cryptogram,
+9F26) is a fresh card tap per fresh request, derived from its identifier so that a replay is byte-identical:
+the host refuses the same card transaction under another transactionId (409), so one fixed field 55 would make
+every request after the first a duplicate. Requests are built from
 pre-split byte fragments so building one costs a few hundred nanoseconds, not a template render.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from dataclasses import dataclass, field
@@ -16,8 +20,19 @@ from pathlib import Path
 from typing import Any
 
 ID_PLACEHOLDER = "{ID}"
+TAP_PLACEHOLDER = "{TAP}"
 # How many earlier identifiers per kind a replay may pick from (a ring buffer: O(1) insert and pick).
 REPLAY_POOL = 4096
+
+
+def tap_of(ident: bytes) -> str:
+    """The {TAP} of a request identifier: 16 hex digits of its SHA-256 (~0.5 us), the same for its replays."""
+    return hashlib.sha256(ident).hexdigest()[:16].upper()
+
+
+def fill(body: str, ident: str) -> str:
+    """A body template with {ID} and {TAP} filled in, as the factory does (for one-off requests: preflight)."""
+    return body.replace(ID_PLACEHOLDER, ident).replace(TAP_PLACEHOLDER, tap_of(ident.encode()))
 
 
 @dataclass(frozen=True)
@@ -45,6 +60,8 @@ class RequestKind:
             raise ValueError(f"kind {kind.name}: weight must be positive")
         if not 0.0 <= kind.replay_share < 1.0:
             raise ValueError(f"kind {kind.name}: replay_share must be in [0, 1)")
+        if TAP_PLACEHOLDER in kind.body and ID_PLACEHOLDER not in kind.body:
+            raise ValueError(f"kind {kind.name}: {TAP_PLACEHOLDER} needs {ID_PLACEHOLDER} in the body")
         if kind.replay_share and ID_PLACEHOLDER not in kind.body:
             raise ValueError(f"kind {kind.name}: replay_share needs {ID_PLACEHOLDER} in the body")
         return kind
@@ -101,6 +118,7 @@ class _KindBuilder:
     before: bytes  # body before {ID}
     after: bytes  # body after {ID} (or b"" when there is no placeholder)
     templated: bool
+    tapped: bool
     label_fresh: str
     label_replay: str
     pool: list[bytes] = field(default_factory=list)
@@ -128,6 +146,7 @@ class RequestFactory:
                     before=before.encode(),
                     after=after.encode(),
                     templated=bool(sep),
+                    tapped=TAP_PLACEHOLDER in kind.body,
                     label_fresh=kind.name,
                     label_replay=f"{kind.name}:replay",
                 )
@@ -174,6 +193,8 @@ class RequestFactory:
                 if b.kind.replay_share:
                     token = (b, ident)
             body = b.before + ident + b.after
+            if b.tapped:
+                body = body.replace(TAP_PLACEHOLDER.encode(), tap_of(ident).encode())
         else:
             body = b.before
         return label, b.head + b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body, token

@@ -10,6 +10,8 @@ pub const TAG_TRACK2: Tag = 0x57;
 pub const TAG_EXPIRY: Tag = 0x5F24;
 pub const TAG_PAN_SEQUENCE: Tag = 0x5F34;
 pub const TAG_ARC: Tag = 0x8A;
+pub const TAG_ATC: Tag = 0x9F36;
+pub const TAG_CRYPTOGRAM: Tag = 0x9F26;
 
 /// What PCI DSS forbids keeping after authorization (removed) plus cardholder data we reduce:
 /// 57/56 track 2/1 equivalent, 9F1F/9F20 track 1/2 discretionary data, 99 PIN data, 9F6B
@@ -149,6 +151,10 @@ pub struct CardData {
     pub pan_sequence: Option<String>,
     /// 57 as digits with the `D` separator, padding stripped.
     pub track2: Option<String>,
+    /// 9F36 Application Transaction Counter, as sent (binary, 2 bytes in EMV).
+    pub atc: Option<Vec<u8>>,
+    /// 9F26 Application Cryptogram, as sent (binary, 8 bytes in EMV).
+    pub cryptogram: Option<Vec<u8>>,
 }
 
 fn bad(offset: usize) -> TlvError {
@@ -209,6 +215,11 @@ fn scan(data: &[u8]) -> Result<CardData, TlvError> {
                         return Err(bad(at));
                     }
                     card.pan_sequence = Some(s);
+                }
+                // Binary values: kept as sent, for the card transaction's identity (the store's card key).
+                TAG_ATC if card.atc.is_none() => card.atc = Some(t.value.to_vec()),
+                TAG_CRYPTOGRAM if card.cryptogram.is_none() => {
+                    card.cryptogram = Some(t.value.to_vec());
                 }
                 _ => {}
             }
@@ -301,6 +312,8 @@ mod tests {
         assert_eq!(card.expiry.as_deref(), Some("221231"));
         assert_eq!(card.pan_sequence.as_deref(), Some("01"));
         assert_eq!(card.track2.as_deref(), Some("476173900101D2212"));
+        assert_eq!(card.atc, None);
+        assert_eq!(card.cryptogram, None);
         assert_eq!(card_data(&h("9F02020100")).expect("ok"), None);
         let from_t2 = card_data(&h("5709476173900101D2212F"))
             .expect("ok")
@@ -310,6 +323,20 @@ mod tests {
             card_data(&h("5A02AB12")).expect_err("bad").reason,
             Reason::BadCardData
         );
+    }
+
+    #[test]
+    fn card_data_keeps_atc_and_cryptogram() {
+        // The first of each, inside a template too; a later one does not replace it.
+        let data = h("701F5A0847617390010101199F360200139F2608AABBCCDDEEFF00119F36020099");
+        let card = card_data(&data).expect("ok").expect("some");
+        assert_eq!(card.atc.as_deref(), Some(&[0x00, 0x13][..]));
+        assert_eq!(
+            card.cryptogram.as_deref(),
+            Some(&[0xAA, 0xBB, 0xCC, 0xDD, 0xEE, 0xFF, 0x00, 0x11][..])
+        );
+        // Without a PAN there is no card data at all, ATC or not.
+        assert_eq!(card_data(&h("9F36020013")).expect("ok"), None);
     }
 
     #[test]

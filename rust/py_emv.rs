@@ -286,6 +286,10 @@ pub struct PyCardData {
     /// 57 as digits with the D separator, padding stripped.
     #[pyo3(get)]
     track2: Option<String>,
+    /// 9F36 (Application Transaction Counter) as sent.
+    atc: Option<Vec<u8>>,
+    /// 9F26 (Application Cryptogram) as sent.
+    cryptogram: Option<Vec<u8>>,
 }
 
 #[pymethods]
@@ -296,16 +300,34 @@ impl PyCardData {
         card::mask_pan_str(&self.pan)
     }
 
+    /// 9F36 as sent (bytes; a list of ints is what a plain `get` would give).
+    #[getter]
+    fn atc<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.atc.as_deref().map(|v| PyBytes::new(py, v))
+    }
+
+    /// 9F26 as sent.
+    #[getter]
+    fn cryptogram<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.cryptogram.as_deref().map(|v| PyBytes::new(py, v))
+    }
+
     fn __repr__(&self) -> String {
         let set = |v: &Option<String>| if v.is_some() { "<set>" } else { "None" };
         format!(
-            "CardData(pan='{}', expiry={}, pan_sequence={}, track2={})",
+            "CardData(pan='{}', expiry={}, pan_sequence={}, track2={}, atc={}, cryptogram={})",
             card::mask_pan_str(&self.pan),
             set(&self.expiry),
             self.pan_sequence
                 .as_deref()
                 .map_or("None".to_owned(), |s| format!("'{s}'")),
             set(&self.track2),
+            if self.atc.is_some() { "<set>" } else { "None" },
+            if self.cryptogram.is_some() {
+                "<set>"
+            } else {
+                "None"
+            },
         )
     }
 }
@@ -320,6 +342,8 @@ fn card_data(data: &Bound<'_, PyAny>) -> PyResult<Option<PyCardData>> {
             expiry: c.expiry,
             pan_sequence: c.pan_sequence,
             track2: c.track2,
+            atc: c.atc,
+            cryptogram: c.cryptogram,
         })
     }))
 }

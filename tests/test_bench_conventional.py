@@ -29,7 +29,8 @@ from conventional.flow import card_from_emv, iso_request
 from conventional.models import TransactionRequest
 from conventional.store import Claimed, connect
 
-from run import FIELD_55, purchase_body
+from loadgen_workload import fill
+from scenarios import purchase_body
 
 SERVE = REPO / "bench" / "baselines" / "conventional" / "serve.py"
 PATH = "/transaction/process"
@@ -101,7 +102,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory, sim: SimulatorProcess) ->
 
 
 def body(txn: str, **changes: Any) -> str:
-    fields = json.loads(purchase_body().replace("{ID}", txn)) | changes
+    fields = json.loads(fill(purchase_body(), txn)) | changes
     return json.dumps({k: v for k, v in fields.items() if v is not None})
 
 
@@ -160,12 +161,16 @@ def test_no_answer_in_time_is_a_stored_91_and_a_dropped_link_is_reopened(
 def test_pending_is_committed_before_the_answer_and_a_duplicate_meanwhile_is_told_to_retry(
     baseline: Baseline, sim: SimulatorProcess
 ) -> None:
-    sim.set_faults(delay_seconds=0.5, delay_next=1)
+    # The acquirer holds the answer long enough for a loaded machine to look while it waits.
+    sim.set_faults(delay_seconds=3.0, delay_next=1)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         first = pool.submit(baseline.post, body("conv-dup"))
-        time.sleep(0.2)
+        deadline = time.monotonic() + 2.5
+        while "conv-dup" not in baseline.rows() and time.monotonic() < deadline:
+            time.sleep(0.02)
         # Committed (visible to another connection) while the acquirer still holds the answer.
         assert baseline.rows()["conv-dup"][0] == "PENDING"
+        assert not first.done()
         second = baseline.post(body("conv-dup"))
         assert first.result().status_code == 200
     assert second.status_code == 503 and second.headers["retry-after"] == "2"
@@ -237,7 +242,7 @@ def test_the_spec_is_our_dialect_and_the_0200_is_the_one_the_host_sends() -> Non
     for extra in ({}, {"pinBlock": "0123456789ABCDEF", "transactionType": "REFUND"}):
         raw = body("conv-diff", **extra)
         host_req = decode_request(raw.encode())
-        icc = bytes.fromhex(FIELD_55)
+        icc = bytes.fromhex(host_req.emv_data or "")
         ours = build_request(
             build_acquirer_request(
                 host_req, icc, emv.card_data(icc), stan="000042", rrn="633600000042", now=time.time()

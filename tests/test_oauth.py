@@ -655,7 +655,9 @@ def test_cli_commands(tmp_path: Path) -> None:
     finally:
         svc.close()
     assert _run([*CLI, "keys", "rotate", "--json", "--config", toml]).returncode == 0
-    keys = json.loads(_run([*CLI, "keys", "list", "--json", "--config", toml]).stdout)
+    listed = json.loads(_run([*CLI, "keys", "list", "--json", "--config", toml]).stdout)
+    keys = [k for k in listed if k["kind"] == "signing"]  # keys list shows the sealing keys too
+    assert [k["active"] for k in listed if k["kind"] == "sealing"] == [True]
     assert len(keys) == 2 and sum(k["active"] for k in keys) == 1
     assert all(k["alg"] == "ES256" for k in keys)
 

@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from cloudlayer.acquirer.connector import Iso8583Connector
+from cloudlayer.cardkey import CardKeys
 from cloudlayer.config import load_config
 from cloudlayer.samples import SAMPLE_EMV_HEX, sample_purchase
 from cloudlayer.sealing import Sealer
@@ -38,7 +39,7 @@ async def test_a_request_that_cannot_be_encoded_after_the_claim_is_refused_not_d
         sealer = Sealer.from_config(cfg)
         store = LmdbStore.from_config(cfg)
         connector = Iso8583Connector(cfg.acquirer, cfg.var_path("saf"), sealer)
-        flow = TransactionFlow(store, connector, sealer, acquirer_timeout=2.0, purchase_mti="0200")
+        flow = TransactionFlow(store, connector, sealer, card_keys=CardKeys.from_config(cfg), acquirer_timeout=2.0)
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(store.run)

@@ -58,6 +58,13 @@ class ServerConfig(_Section):
     # The AES-256 data key that seals card data at rest (pending requests, SAF reversals); 0600, relative
     # to var_dir. Back it up apart from the store: without it, pending recoveries and SAF entries are lost.
     sealing_key_file: str = "keys/sealing.key"
+    # A retired sealing key is dropped (by `keys rotate-sealing` / `keys retire-sealing`) only when no stored
+    # entry uses it and it was retired at least this many seconds ago (every worker has picked up the rotation).
+    sealing_retire_grace: float = 300.0
+    # The HMAC secret of the card key (one card transaction = PAN, sequence and ATC, never stored in clear; see
+    # cloudlayer.cardkey); 0600, relative to var_dir. Back it up with the store: a new secret forgets which card
+    # transactions the store has already seen (their records stay, their duplicates are no longer caught).
+    card_key_file: str = "keys/card.key"
     dev_mode: bool = False
 
 
@@ -166,6 +173,11 @@ class MetricsConfig(_Section):
     bind: str = "127.0.0.1:9464"
 
 
+class AuditConfig(_Section):
+    # The append-only, hash-chained log of administrative actions (JSON lines, 0600), relative to var_dir.
+    path: str = "audit/audit.jsonl"
+
+
 class Config(_Section):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     oauth: OAuthConfig = msgspec.field(default_factory=OAuthConfig)
@@ -173,6 +185,7 @@ class Config(_Section):
     acquirer: AcquirerConfig = msgspec.field(default_factory=AcquirerConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    audit: AuditConfig = msgspec.field(default_factory=AuditConfig)
     # Where a relative server.var_dir is anchored: the working directory at load time (not a file key).
     base_dir: str = "."
 
@@ -266,6 +279,8 @@ def _check(cfg: Config) -> None:
     if cfg.server.workers < 1:
         raise bad("server.workers", "must be at least 1")
     _check_heartbeat(cfg.server, bad)
+    if cfg.server.sealing_retire_grace < 0:
+        raise bad("server.sealing_retire_grace", "must not be negative")
     if cfg.server.max_body_bytes < 256:
         raise bad("server.max_body_bytes", "must be at least 256")
     if not cfg.server.transaction_path.startswith("/"):

@@ -3,6 +3,9 @@ example, `cloudlayer try` and the bench. Never a real card."""
 
 from __future__ import annotations
 
+import itertools
+import os
+import secrets
 import time
 import uuid
 
@@ -42,6 +45,20 @@ SAMPLE_EMV_HEX = (
 SAMPLE_EMV_HEX_PRINTABLE = SAMPLE_EMV_HEX.split("5A08")[0]
 
 
+_ATC, _CRYPTOGRAM, _SEQUENCE = "9F36020013", "9F26088E19ED4F2A1A4D2B", "5F340101"
+# Taps of the test card: its ATC (2 bytes) and PAN sequence number (00-99) from one counter, starting at a random
+# point so that processes sending to one host (tests, load generators) hardly ever meet.
+_taps = itertools.count(int.from_bytes(os.urandom(4), "big") % (100 * 65_536))
+
+
+def new_tap(emv_hex: str = SAMPLE_EMV_HEX) -> str:
+    """`emv_hex` (a sample field 55) as a new tap of the same card: the next ATC (9F36), its sequence number
+    (5F34) and a fresh cryptogram (9F26). The same card transaction twice is a duplicate (the store's card key)."""
+    seq, atc = divmod(next(_taps) % (100 * 65_536), 65_536)
+    out = emv_hex.replace(_ATC, f"9F3602{atc:04X}").replace(_CRYPTOGRAM, "9F2608" + secrets.token_hex(8).upper())
+    return out.replace(_SEQUENCE, f"5F3401{seq:02d}")
+
+
 def sample_purchase(
     transaction_id: str | None = None,
     *,
@@ -50,7 +67,8 @@ def sample_purchase(
     merchant_id: str = "MERCHANT0000001",
     printable: bool = False,
 ) -> dict[str, object]:
-    """A PURCHASE request body as Mypinpad sends it (amounts ending in 00 are approved by the simulator)."""
+    """A PURCHASE request body as Mypinpad sends it (amounts ending in 00 are approved by the simulator), each
+    call a new tap of the test card (new_tap): send the same dict again to resubmit the same transaction."""
     return {
         "transactionId": transaction_id or f"try-{uuid.uuid4().hex[:16]}",
         "transactionType": "PURCHASE",
@@ -59,7 +77,7 @@ def sample_purchase(
         "merchantId": merchant_id,
         "terminalId": terminal_id,
         "posEntryMode": "071",
-        "emvData": SAMPLE_EMV_HEX_PRINTABLE if printable else SAMPLE_EMV_HEX,
+        "emvData": new_tap(SAMPLE_EMV_HEX_PRINTABLE if printable else SAMPLE_EMV_HEX),
         "localDateTime": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 

@@ -20,14 +20,17 @@ deadline, kills the workers (SIGKILL) and `serve` returns 1.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import multiprocessing
 import os
 import signal
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from multiprocessing.process import BaseProcess
 
+import msgspec
 import structlog
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -38,6 +41,7 @@ from . import devmode
 from .acquirer.simulator_config import SimulatorConfig
 from .acquirer.tls import check_client_files
 from .config import Config, ConfigError
+from .hostlock import hold_host_lock
 from .observability import metrics
 from .observability.logging import configure_logging
 from .tls import ensure_dev_certificate
@@ -164,8 +168,24 @@ def startup_banner(cfg: Config, listen: Sequence[str], metrics_urls: Sequence[st
     return "\n".join(lines)
 
 
-def serve(cfg: Config, config_path: str | None, *, application_path: str = APPLICATION_PATH) -> int:
-    """Run until SIGINT/SIGTERM; return the process exit code (0 after a graceful stop)."""
+def config_digest(cfg: Config) -> str:
+    """SHA-256 of the effective configuration (file and environment overrides), for the audit log. The working
+    directory (`base_dir`) is left out: the same settings give the same digest wherever the host is started."""
+    doc = msgspec.to_builtins(cfg)
+    doc.pop("base_dir", None)
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def serve(
+    cfg: Config,
+    config_path: str | None,
+    *,
+    application_path: str = APPLICATION_PATH,
+    on_started: Callable[[str], None] | None = None,
+) -> int:
+    """Run until SIGINT/SIGTERM; return the process exit code (0 after a graceful stop).
+
+    `on_started(config_digest)` is called once the sockets are bound, before the workers start."""
     configure_logging(cfg.logging)
     hc = hypercorn_config(cfg, config_path)
     hc.application_path = application_path
@@ -179,11 +199,15 @@ def serve(cfg: Config, config_path: str | None, *, application_path: str = APPLI
         raise ConfigError(f"invalid config: `server.bind` cannot listen on {cfg.server.bind}: {e.strerror}") from None
     for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
         sock.listen(hc.backlog)  # queue connections from now on, while workers start
+    host_lock = hold_host_lock(cfg)
+    if on_started is not None:
+        on_started(config_digest(cfg))
     try:
         return trio.run(_supervise, cfg, hc, sockets, sim_cfg)
     finally:
         for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
             sock.close()
+        host_lock.close()
 
 
 def _listen_urls(sockets: Sockets) -> list[str]:
@@ -267,6 +291,7 @@ class _Supervisor:
         if self.stopping:
             return
         log.error("worker_exited", pid=process.pid, exitcode=process.exitcode)
+        metrics.SUPERVISOR.worker_exits += 1
         now = trio.current_time()
         self.deaths = [t for t in self.deaths if now - t < CRASH_LOOP_WINDOW] + [now]
         if len(self.deaths) > CRASH_LOOP_DEATHS:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
+import lmdb
 import trio
 from quart_trio import QuartTrio
 
 from .acquirer.factory import build_connector
+from .cardkey import CardKeys
 from .config import Config
+from .hostlock import hold_host_lock
 from .http import openapi
 from .oauth import register_routes as register_oauth_routes
 from .oauth.service import OAuthService
@@ -21,6 +26,8 @@ from .transactions.flow import TransactionFlow
 class Services:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        # Held while this worker lives: `cloudlayer restore` refuses a var dir a host is using.
+        self.host_lock = hold_host_lock(cfg)
         # The data key that seals card data at rest (pending requests, SAF reversals).
         self.sealer = Sealer.from_config(cfg)
         self.oauth = OAuthService.from_config(cfg)
@@ -30,6 +37,8 @@ class Services:
             self.store,
             self.connector,
             self.sealer,
+            # The HMAC secret of card keys (the same card transaction under another transactionId): 0600 file.
+            card_keys=CardKeys.from_config(cfg),
             acquirer_timeout=cfg.acquirer.timeout,
             # Recovery waits this long for a signed-on link before concluding 'unknown' (and reversing): one
             # connection attempt and its sign-on, what a restarted worker needs.
@@ -45,6 +54,7 @@ class Services:
         await nursery.start(self.store.run)
         await nursery.start(self.connector.run)
         self.flow.attach(nursery)
+        metrics.initialise()
         nursery.start_soon(self._sample_metrics)
 
     def readiness(self) -> Readiness:
@@ -55,17 +65,30 @@ class Services:
         )
 
     async def _sample_metrics(self) -> None:
-        """Copy the connector's counters and states into Prometheus once a second (off the hot path)."""
+        """Copy the connector's and the store's counters and states into Prometheus once a second (off the hot
+        path; the store reads in a thread, they are LMDB transactions)."""
         late = reversals = 0
         while True:
             c = self.connector
             metrics.ACQUIRER_LINKS_UP.set(c.links_up)
-            metrics.SAF_QUEUE_DEPTH.set(c.saf_depth)
             metrics.ACQUIRER_LATE_RESPONSES.inc(c.late_answers - late)
             metrics.REVERSALS.labels("queued").inc(c.reversals_queued - reversals)
             late, reversals = c.late_answers, c.reversals_queued
+            try:
+                depth, oldest, (used, limit) = await trio.to_thread.run_sync(self._read_stores)
+            except lmdb.Error:
+                pass  # a store closing under us at shutdown: this sample is skipped, nothing else
+            else:
+                metrics.SAF_QUEUE_DEPTH.set(depth)
+                metrics.SAF_OLDEST_AGE.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
+                metrics.STORE_MAP_USED.set(used)
+                metrics.STORE_MAP_MAX.set(limit)
             await trio.sleep(1.0)
+
+    def _read_stores(self) -> tuple[int, float | None, tuple[int, int]]:
+        return self.connector.saf_depth, self.connector.saf_oldest_created(), self.store.map_usage()
 
     def close(self) -> None:
         self.store.close()
         self.oauth.close()
+        self.host_lock.close()

@@ -5,11 +5,13 @@ Two detectors, because a PAN hides in two ways:
     strings, UUIDs and float digits do not fire), in text (logs, /metrics); LMDB records are covered by the
     store integrity scan, which checks each record's own bytes;
   - specific: the test cards' PANs anywhere, in ASCII (hex EMV data holds them as ASCII digits too) and in
-    BCD bytes (tag 5A, field 2 packed), and their track-2 data (PAN + 'D' or '=' separator) in ASCII and BCD.
+    BCD bytes (tag 5A, field 2 packed), their track-2 data (PAN + 'D' or '=' separator) in ASCII and BCD, and an
+    unkeyed SHA-256 of the PAN (what a card key must never be).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -40,6 +42,10 @@ def _needles() -> list[tuple[str, bytes]]:
         for sep in ("D", "="):
             needles.append((f"track 2 (ASCII, {sep})", (pan + sep).encode()))
         needles.append(("track 2 (hex text, lower)", (pan + "d").encode()))
+        # The store's card key must be keyed (HMAC, PCI DSS 3.5.1.1): a plain SHA-256 of the PAN is card data too.
+        plain = hashlib.sha256(pan.encode()).digest()
+        needles.append(("unkeyed SHA-256 of a test PAN", plain))
+        needles.append(("unkeyed SHA-256 of a test PAN (hex)", plain.hex().encode()))
     for track2 in TEST_TRACK2:
         needles.append(("track 2 (ASCII)", track2.encode()))
         needles.append(("track 2 (BCD)", bytes.fromhex(track2)))

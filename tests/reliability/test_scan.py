@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ def test_scan_finds_the_test_card_in_every_encoding() -> None:
         PAN.encode("utf-16-le"),
         b"57134761739001010119D27122011143804400000F",
         bytes.fromhex("4761739001010119D27122011143804400000F"),
+        b"\x00" + hashlib.sha256(PAN.encode()).digest() + b"\x00",  # a card key that forgot its HMAC secret
     ):
         assert scan_bytes(blob, "x"), blob
     assert [h.what for h in scan_bytes(b"card 4111111111111111 ok", "x")] == ["Luhn-valid 16-digit run"]

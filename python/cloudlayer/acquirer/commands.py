@@ -6,6 +6,8 @@ import argparse
 import datetime
 import json
 
+from ..audit import commands as audit
+
 
 def _cmd_simulator(args: argparse.Namespace) -> int:
     import msgspec
@@ -85,6 +87,7 @@ def _cmd_saf(args: argparse.Namespace) -> int:
     try:
         if args.saf_command == "retry":
             n = queue.make_all_due()
+            audit.note(args, obj=f"saf:{cfg.var_path(cfg.acquirer.saf_path)}", detail={"made_due": n})
             print(f"{n} reversal(s) made due now; a running host retries them on its next pass")
             return 0
         rows = [
@@ -132,5 +135,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.set_defaults(func=_cmd_simulator)
 
     s = sub.add_parser("saf", parents=[common], help="inspect or retry the store-and-forward reversal queue")
-    s.add_argument("saf_command", choices=["list", "retry"])
-    s.set_defaults(func=_cmd_saf)
+    ssub = s.add_subparsers(dest="saf_command", required=True)
+    p = ssub.add_parser("list", parents=[common], help="the reversals waiting for the acquirer (no card data)")
+    p.set_defaults(func=_cmd_saf)
+    p = ssub.add_parser("retry", parents=[common], help="make every queued reversal due now")
+    p.set_defaults(func=_cmd_saf)
+    audit.mark(p, "saf retry")

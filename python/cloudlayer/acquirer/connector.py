@@ -101,6 +101,10 @@ class Iso8583Connector:
         """Reversals waiting in the store-and-forward queue (shared by every worker)."""
         return len(self._saf)
 
+    def saf_oldest_created(self) -> float | None:
+        """Creation time of the oldest reversal waiting (None if none); blocks on the store: call in a thread."""
+        return self._saf.oldest_created()
+
     @property
     def in_flight(self) -> int:
         return len(self._pending)
@@ -446,7 +450,16 @@ class Iso8583Connector:
             await trio.to_thread.run_sync(self._saf.release, item.key, self._owner, retry_in, str(e))
             log.info("reversal_retry_scheduled", stan=item.request.stan, retry_in=round(retry_in, 2), error=str(e))
             return
-        # Any 0410 acknowledges: 00 reversed, 25 the acquirer never saw the original (nothing to undo).
+        code = reply.get("39", "")
+        if code in spec.REVERSAL_NOT_ACKNOWLEDGED:
+            # Not an acknowledgement (spec.REVERSAL_NOT_ACKNOWLEDGED): repeat it later, as after no answer.
+            retry_in = backoff_delay(item.attempts, self._cfg.saf_retry_min, self._cfg.saf_retry_max)
+            await trio.to_thread.run_sync(self._saf.release, item.key, self._owner, retry_in, f"answered {code}")
+            log.info(
+                "reversal_retry_scheduled", stan=item.request.stan, retry_in=round(retry_in, 2), response_code=code
+            )
+            return
+        # Any other 0410 acknowledges: 00 reversed, 25 the acquirer never saw the original (nothing to undo).
         await trio.to_thread.run_sync(self._saf.delete, item.key)
         self.reversals_acknowledged += 1
         log.info(

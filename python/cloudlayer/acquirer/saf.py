@@ -53,8 +53,13 @@ class SafItem(msgspec.Struct, frozen=True):
     attempts: int
 
 
+class _Created(msgspec.Struct):
+    created: float  # msgspec skips the other fields of a SafEntry: no unsealing, no copying
+
+
 _encoder = msgspec.msgpack.Encoder()
 _entry_decoder = msgspec.msgpack.Decoder(SafEntry)
+_created_decoder = msgspec.msgpack.Decoder(_Created)
 _request_decoder = msgspec.msgpack.Decoder(AcquirerRequest)
 
 # LMDB forbids opening one environment twice in a process: share it between SafQueue objects.
@@ -221,6 +226,12 @@ class SafQueue:
                     txn.put(key, _encoder.encode(entry), db=self._pending)
                     n += 1
         return n
+
+    def oldest_created(self) -> float | None:
+        """Wall-clock creation time of the oldest waiting reversal (None if none waits): for the age alert."""
+        with self._env.begin() as txn:
+            created = [_created_decoder.decode(v).created for _, v in txn.cursor(db=self._pending)]
+        return min(created) if created else None
 
     def __len__(self) -> int:
         with self._env.begin() as txn:

@@ -215,6 +215,15 @@ class Simulator:
         entry.reversal_messages += 1
         if msg["t"] == "0401":
             entry.repeats += 1
+        f = self.faults
+        if f.reversal_code and entry.reversal_answer is None:
+            code = f.reversal_code
+            if f.reversal_code_next > 0:  # only the next N reversals: the fault switches itself off after them
+                f.reversal_code_next -= 1
+                if f.reversal_code_next == 0:
+                    f.reversal_code = ""
+            log.info("simulator_fault_reversal_code", stan=original_stan, response_code=code)
+            return {**self._base_answer(msg, code), "90": msg["90"]}  # reversed nothing: not recorded as done
         if entry.reversal_answer is not None:
             return {**entry.reversal_answer, "t": "0410"}  # already reversed: the same answer again
         code = spec.APPROVED if entry.authorizations else spec.UNABLE_TO_LOCATE

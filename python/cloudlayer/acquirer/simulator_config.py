@@ -31,6 +31,10 @@ class FaultConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     close_rate: float = 0.0
     garbage_next: int = 0  # send a garbage frame instead of the next N answers
     garbage_rate: float = 0.0
+    # Answer reversals (0400/0401) with this response code, reversing nothing (e.g. "96": the acquirer's switch
+    # failed, repeat it); reversal_code_next > 0 limits it to the next N reversals. "" = answer as usual.
+    reversal_code: str = ""
+    reversal_code_next: int = 0
     # Payment host (HTTPS) only: answer 500 after processing the next N requests / this share of them, and
     # answer 503 from the token endpoint to the next N token requests.
     http_error_next: int = 0
@@ -70,7 +74,11 @@ def load_simulator_config(path: str | Path | None) -> SimulatorConfig:
     except msgspec.ValidationError as e:
         raise ValueError(f"{path}: invalid simulator config: {e}") from None
     check_tls(cfg, str(path))
-    for code in [cfg.default_response, *cfg.responses.values()]:
+    for code in [
+        cfg.default_response,
+        *cfg.responses.values(),
+        *([cfg.faults.reversal_code] if cfg.faults.reversal_code else []),
+    ]:
         if len(code) != 2:
             raise ValueError(f"{path}: response codes must be 2 characters, got {code!r}")
     for value in [cfg.issuer_authentication_data, *(v for s in cfg.scripts.values() for v in s.values())]:

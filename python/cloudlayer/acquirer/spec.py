@@ -15,6 +15,10 @@ ECHO: Final = "301"
 # Response codes we give meaning to.
 APPROVED: Final = "00"
 UNABLE_TO_LOCATE: Final = "25"  # answer to a repeat (0101/0201/0401) whose original was never seen
+# An 0410 with one of these did not reverse anything: the issuer or switch was unavailable (91) or failed (96),
+# and most acquirers say "repeat it". Store-and-forward keeps repeating (0401); a direct REVERSAL so answered is
+# stored for forwarding. Every other 0410 acknowledges (00 reversed, 25 never saw the original: nothing to undo).
+REVERSAL_NOT_ACKNOWLEDGED: Final = frozenset({"91", "96"})
 ISSUER_INOPERATIVE: Final = "91"  # what the host answers when the outcome is unknown
 
 PROCESSING_PURCHASE: Final = "000000"

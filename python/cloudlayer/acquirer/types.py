@@ -148,5 +148,7 @@ class Connector(Protocol):
     @property
     def saf_depth(self) -> int: ...
 
+    def saf_oldest_created(self) -> float | None: ...
+
     late_answers: int
     reversals_queued: int

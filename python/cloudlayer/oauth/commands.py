@@ -9,10 +9,13 @@ import argparse
 import json
 import sys
 import time
+from typing import Any
 
 import msgspec
 
+from ..audit import commands as audit
 from ..config import load_config
+from ..sealing import commands as sealing_commands
 from .clients import AUTH_METHODS, Client, RegistryError
 from .keys import JWS_ALGORITHMS, KeyFileError, read_key_file, rotate_keys
 from .service import open_registry
@@ -31,6 +34,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_client_add)
+    audit.mark(p, "client add")
 
     p = csub.add_parser("list", parents=[common], help="list clients (never secrets)")
     p.add_argument("--json", action="store_true")
@@ -39,24 +43,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p = csub.add_parser("disable", parents=[common], help="disable a client; its tokens stop working at once")
     p.add_argument("client_id")
     p.set_defaults(func=_client_disable)
+    audit.mark(p, "client disable")
 
     p = csub.add_parser("rotate-secret", parents=[common], help="issue a new secret; the old one stops working")
     p.add_argument("client_id")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_client_rotate)
+    audit.mark(p, "client rotate-secret")
 
-    keys = sub.add_parser("keys", parents=[common], help="manage token signing keys")
+    keys = sub.add_parser("keys", parents=[common], help="manage token signing keys and card-data sealing keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     p = ksub.add_parser("rotate", parents=[common], help="new active signing key; old keys verify until expiry")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_keys_rotate)
-    p = ksub.add_parser("list", parents=[common], help="list signing keys (public facts only)")
+    audit.mark(p, "keys rotate")
+    p = ksub.add_parser("list", parents=[common], help="signing and sealing keys: ids, states, ages")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_keys_list)
+    sealing_commands.register(ksub, common)
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, args: argparse.Namespace | None = None) -> int:
     print(f"cloudlayer: {message}", file=sys.stderr)
+    if args is not None:
+        audit.note(args, error=message)
     return 1
 
 
@@ -78,9 +88,10 @@ def _client_add(args: argparse.Namespace) -> int:
         scopes = args.scope or cfg.oauth.default_scope.split()
         client, secret = registry.add(args.name, scopes, args.auth_method or AUTH_METHODS)
     except RegistryError as e:
-        return _fail(str(e))
+        return _fail(str(e), args)
     finally:
         registry.close()
+    audit.note(args, obj=f"client:{client.client_id}", detail={"name": client.name, "scopes": list(client.scopes)})
     _print_secret(client, secret, args.json, "added")
     return 0
 
@@ -101,11 +112,12 @@ def _client_list(args: argparse.Namespace) -> int:
 
 
 def _client_disable(args: argparse.Namespace) -> int:
+    audit.note(args, obj=f"client:{args.client_id}")
     registry = open_registry(load_config(args.config))
     try:
         client = registry.disable(args.client_id)
     except RegistryError as e:
-        return _fail(str(e))
+        return _fail(str(e), args)
     finally:
         registry.close()
     print(f"disabled {client.client_id} ({client.name}); its tokens are refused from now on")
@@ -113,11 +125,12 @@ def _client_disable(args: argparse.Namespace) -> int:
 
 
 def _client_rotate(args: argparse.Namespace) -> int:
+    audit.note(args, obj=f"client:{args.client_id}")
     registry = open_registry(load_config(args.config))
     try:
         client, secret = registry.rotate_secret(args.client_id)
     except RegistryError as e:
-        return _fail(str(e))
+        return _fail(str(e), args)
     finally:
         registry.close()
     _print_secret(client, secret, args.json, "new secret for")
@@ -134,7 +147,8 @@ def _keys_rotate(args: argparse.Namespace) -> int:
             cfg.oauth.leeway,
         )
     except KeyFileError as e:
-        return _fail(str(e))
+        return _fail(str(e), args)
+    audit.note(args, obj=f"signing-key:{new.kid}", detail={"alg": new.alg})
     if args.json:
         print(json.dumps({"active_kid": new.kid, "alg": new.alg}))
     else:
@@ -149,22 +163,33 @@ def _keys_list(args: argparse.Namespace) -> int:
     except KeyFileError as e:
         return _fail(str(e))
     now = time.time()
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
+            "kind": "signing",
             "kid": r.kid,
             "alg": r.alg,
             "active": r.kid == active,
             "created_at": r.meta.created_at,
+            "age_days": round((now - r.meta.created_at) / 86_400, 2),
             "retired_at": r.meta.retired_at,
             "verify_until": r.meta.verify_until,
             "expired": r.meta.verify_until is not None and r.meta.verify_until <= now,
         }
         for r in records
     ]
+    try:
+        rows += sealing_commands.sealing_rows(cfg, now)
+    except (ValueError, OSError) as e:
+        return _fail(f"sealing keys: {e}")
     if args.json:
         print(json.dumps(rows))
         return 0
     for row in rows:
-        state = "ACTIVE" if row["active"] else "expired" if row["expired"] else "verify-only"
-        print(f"{row['kid']}  {row['alg']}  {state}")
+        if row["kind"] == "signing":
+            state = "ACTIVE" if row["active"] else "expired" if row["expired"] else "verify-only"
+        else:
+            state = "ACTIVE" if row["active"] else "retired (opens only)"
+            if row["in_use"] is not None:
+                state += f", seals {row['in_use']} stored entries"
+        print(f"{row['kind']:8} {row['kid']}  {row['alg']:8} {row['age_days']:>8.2f} days  {state}")
     return 0

@@ -115,7 +115,7 @@ def _write_key_file(path: Path, active: str, records: list[KeyRecord]) -> None:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -132,7 +132,7 @@ def _new_record(jws_alg: str, now: float) -> KeyRecord:
 
 def ensure_key_file(path: Path, jws_alg: str) -> None:
     """Create the key file with one active key unless it exists (safe when several workers start at once)."""
-    with _locked(path):
+    with locked(path):
         if path.exists():
             return
         rec = _new_record(jws_alg, time.time())
@@ -142,7 +142,7 @@ def ensure_key_file(path: Path, jws_alg: str) -> None:
 
 def rotate_keys(path: Path, jws_alg: str, token_lifetime: float, leeway: float) -> KeyRecord:
     """Add a new active key; the previous one verifies until its last token has expired."""
-    with _locked(path):
+    with locked(path):
         now = time.time()
         if path.exists():
             active, records = read_key_file(path)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,9 +30,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.registry import Collector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -120,29 +119,80 @@ WORKERS = Gauge(
     "Worker processes serving requests.",
     multiprocess_mode="livesum",
 )
+TRANSACTION_RESPONSES = Counter(
+    "cloudlayer_transaction_responses",
+    "Transactions answered for the first time (replays and refusals not counted), by ISO 8583 response code "
+    "(00 approved; 91 also when the acquirer did not answer in time and the authorization was reversed).",
+    ["code"],
+)
+SAF_OLDEST_AGE = Gauge(
+    "cloudlayer_saf_oldest_entry_age_seconds",
+    "Age of the oldest reversal waiting in the store-and-forward queue, 0 when it is empty.",
+    multiprocess_mode="livemax",
+)
+STORE_MAP_USED = Gauge(
+    "cloudlayer_store_map_used_bytes",
+    "Bytes of the transaction store's LMDB map in use (the file never shrinks; deleted pages are reused).",
+    multiprocess_mode="livemax",
+)
+STORE_MAP_MAX = Gauge(
+    "cloudlayer_store_map_max_bytes",
+    "store.max_map_size_mb in bytes: the map grows by itself up to this, then transactions fail.",
+    multiprocess_mode="livemax",
+)
+
+# Label values of fixed sets, exported at 0 from the start so that rate() and ratios over them (the alerting
+# rules in deploy/prometheus/) have a series to work on before the first event.
+_TOKEN_FAILURE_REASONS = (
+    "invalid_client",
+    "invalid_request",
+    "unsupported_grant_type",
+    "locked_out",
+    "invalid_token",
+    "insufficient_scope",
+    "missing_token",
+)
+_RESPONSE_CODES = ("00", "05", "91")
+
+
+def initialise() -> None:
+    """Create the fixed-set label children (at 0) in this worker; call once at worker start."""
+    for reason in _TOKEN_FAILURE_REASONS:
+        TOKEN_FAILURES.labels(reason)
+    for code in _RESPONSE_CODES:
+        TRANSACTION_RESPONSES.labels(code)
+    REVERSALS.labels("queued")
+
+
+def response_code_label(code: str) -> str:
+    """An ISO 8583 response code as a label value: two letters or digits, anything else 'other' (bounded)."""
+    return code if len(code) == 2 and code.isascii() and code.isalnum() else "other"
 
 
 class SupervisorStats:
-    """Counts kept by the serving parent itself (not a worker). They are plain numbers rendered by a custom
-    collector: a prometheus_client Counter here would be file-backed or not depending on whether
-    PROMETHEUS_MULTIPROC_DIR was set when prometheus_client was first imported, and so be summed twice or never."""
+    """Counters of the serving parent process, which does not write the per-process metrics files (it imported
+    prometheus_client before PROMETHEUS_MULTIPROC_DIR was set): the exporter renders them beside the workers'."""
 
     def __init__(self) -> None:
+        self.worker_exits = 0
         self.hung_killed = 0
 
-
-SUPERVISOR = SupervisorStats()
-
-
-class _SupervisorCollector(Collector):
-    def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(
+    def collect(self) -> list[CounterMetricFamily]:
+        exits = CounterMetricFamily(
+            "cloudlayer_worker_exits",
+            "Worker processes that exited while the host was serving (each is replaced, unless they die in a loop).",
+        )
+        exits.add_metric([], self.worker_exits)
+        hung = CounterMetricFamily(
             "cloudlayer_workers_hung_killed",
             "Workers killed (and replaced) by the supervisor because their heartbeat stopped "
             "(server.worker_heartbeat_timeout).",
         )
-        family.add_metric([], SUPERVISOR.hung_killed)
-        yield family
+        hung.add_metric([], self.hung_killed)
+        return [exits, hung]
+
+
+SUPERVISOR = SupervisorStats()
 
 
 def observe_request(route: str, status: int, outcome: str, seconds: float) -> None:
@@ -178,7 +228,7 @@ def exporter_registry() -> CollectorRegistry:
         return REGISTRY
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]  # unannotated upstream
-    registry.register(_SupervisorCollector())
+    registry.register(SUPERVISOR)
     return registry
 
 

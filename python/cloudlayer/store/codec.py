@@ -23,6 +23,7 @@ MAX_BLOB_BYTES = 32_768  # emv_redacted, sealed_request, response_body
 MAX_RECORD_BYTES = 128 * 1024
 MAX_EVENTS = 256
 MAX_AMOUNT = 10**12 - 1  # ISO 8583 field 4 holds 12 digits
+CARD_KEY_BYTES = 32  # cloudlayer.cardkey: HMAC-SHA256
 
 _encoder = msgspec.msgpack.Encoder()
 _record_decoder = msgspec.msgpack.Decoder(TransactionRecord)
@@ -44,6 +45,11 @@ def split_key(key: bytes) -> tuple[str, str]:
 
 def terminal_stan_key(terminal_id: str, stan: str) -> bytes:
     return terminal_id.encode() + b"\0" + stan.encode()
+
+
+def card_index_key(client_id: str, card_key: bytes) -> bytes:
+    """by_card's key: per client, whatever the card key's own derivation (tenants never meet in the index)."""
+    return client_id.encode() + b"\0" + card_key
 
 
 def time_key(t: float, key: bytes = b"") -> bytes:
@@ -94,6 +100,10 @@ def validate_claim(record: object) -> TransactionRecord:
     _check_id("transaction_id", rec.transaction_id)
     if len(rec.fingerprint) != 32:
         raise InvalidRecord("fingerprint: must be 32 bytes")
+    if len(rec.card_key) not in (0, CARD_KEY_BYTES):
+        raise InvalidRecord(f"card_key: must be empty or {CARD_KEY_BYTES} bytes")
+    if rec.reversed_by:
+        raise InvalidRecord("reversed_by: must be empty on a new claim")
     if rec.state is not State.PENDING:
         raise InvalidRecord("state: a claim must be PENDING")
     if not 0 <= rec.amount <= MAX_AMOUNT:

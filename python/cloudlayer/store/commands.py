@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from ..cardkey import fingerprint as card_fingerprint
 from ..config import load_config
 from .types import TransactionRecord
 
@@ -100,6 +101,9 @@ def record_view(rec: TransactionRecord) -> dict[str, Any]:
         "merchant_id": rec.merchant_id,
         "terminal_id": rec.terminal_id,
         "masked_pan": _mask_pan(rec.masked_pan),
+        # 8 hex digits of a hash of the card key (itself a keyed hash): tells taps apart, says nothing of the card.
+        "card_key": card_fingerprint(rec.card_key) or None,
+        "reversed_by": rec.reversed_by or None,
         "stan": rec.stan,
         "rrn": rec.rrn,
         "transmission_datetime": rec.transmission_datetime,

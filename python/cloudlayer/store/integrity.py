@@ -7,6 +7,9 @@ Checks, each reported as a `Problem` naming the record key (client NUL transacti
     (an orphan nobody resubmitted: a transaction that may be authorized and never answered);
   - indexes match records both ways: by_rrn, by_term_stan, by_created for every record, by_completed for
     every COMPLETED record, and no index entry pointing at a missing or different record;
+  - card keys match both ways: every record's card key (32 bytes) maps to it in by_card, every by_card entry
+    names a record carrying that key;
+  - a REVERSAL named by an original's reversed_by exists and reverses that original;
   - no card data in any stored byte: a masked PAN with at most 6+4 digits, no Luhn-valid 13-19 digit run
     in the raw record bytes (apart from the sealed request, which is ciphertext).
 
@@ -126,6 +129,10 @@ def scan_store(path: Path, *, pending_max_age: float = 60.0, now: float | None =
                 name: env.open_db(name.encode(), txn=txn, create=False, dupsort=name in ("by_rrn", "by_term_stan"))
                 for name in ("records", "by_rrn", "by_term_stan", "by_created", "by_completed")
             }
+            try:
+                by_card = env.open_db(b"by_card", txn=txn, create=False)
+            except lmdb.NotFoundError:
+                by_card = None  # a store written before card keys: none to check
             records: dict[bytes, TransactionRecord] = {}
             for key, raw in txn.cursor(db=dbs["records"]):
                 k = _printable_key(key)
@@ -138,6 +145,8 @@ def scan_store(path: Path, *, pending_max_age: float = 60.0, now: float | None =
                 records[bytes(key)] = rec
                 _check_record(rec, bytes(key), bytes(raw), now, pending_max_age, report)
             _check_indexes(txn, dbs, records, report)
+            _check_card_keys(txn, by_card, records, report)
+            _check_reversals(records, report)
     finally:
         env.close()
     return report
@@ -208,6 +217,43 @@ def _check_indexes(
                 problems.append(Problem("index", k, f"record missing from {name}"))
         if rec.state is State.COMPLETED and (codec.time_key(rec.completed_at, key), key) not in seen["by_completed"]:
             problems.append(Problem("index", k, "COMPLETED record missing from by_completed"))
+
+
+def _check_card_keys(
+    txn: lmdb.Transaction[bytes],
+    by_card: lmdb._Database | None,
+    records: dict[bytes, TransactionRecord],
+    report: IntegrityReport,
+) -> None:
+    problems = report.problems
+    index: dict[bytes, bytes] = {}
+    if by_card is not None:
+        for ikey, target in txn.cursor(db=by_card):
+            report.index_entries += 1
+            index[bytes(ikey)] = bytes(target)
+            rec = records.get(bytes(target))
+            if rec is None:
+                problems.append(Problem("card-key", _printable_key(target), "by_card entry for a missing record"))
+            elif codec.card_index_key(rec.client_id, rec.card_key) != ikey:
+                problems.append(Problem("card-key", _printable_key(target), "by_card entry for another card key"))
+    for key, rec in records.items():
+        if not rec.card_key:
+            continue
+        if len(rec.card_key) != codec.CARD_KEY_BYTES:
+            problems.append(Problem("card-key", _printable_key(key), "card_key is not 32 bytes"))
+        elif index.get(codec.card_index_key(rec.client_id, rec.card_key)) != key:
+            problems.append(Problem("card-key", _printable_key(key), "record missing from by_card"))
+
+
+def _check_reversals(records: dict[bytes, TransactionRecord], report: IntegrityReport) -> None:
+    for key, rec in records.items():
+        if not rec.reversed_by:
+            continue
+        reversal = records.get(codec.record_key(rec.client_id, rec.reversed_by))
+        if reversal is None or reversal.original_transaction_id != rec.transaction_id:
+            report.problems.append(
+                Problem("reversal", _printable_key(key), "reversed_by names no reversal of this transaction")
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

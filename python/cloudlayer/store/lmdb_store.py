@@ -17,6 +17,7 @@ Named databases:
   by_term_stan  terminal_id NUL stan -> record key (dupsort)
   by_created    be64(created_at us) + record key -> ""   (list_since)
   by_completed  be64(completed_at us) + record key -> "" (purge; COMPLETED records only)
+  by_card       client_id NUL card_key -> record key (one record per card transaction; lmdb_keys.py)
   meta          ids:next -> be64 sequence; hb:<owner> -> be64 double heartbeat time
 """
 
@@ -35,7 +36,7 @@ import structlog
 import trio
 
 from ..config import Config, StoreConfig
-from . import codec, ids
+from . import codec, ids, lmdb_keys
 from .owner import OwnerId, current_owner_id, local_owner_alive
 from .types import (
     Claim,
@@ -112,6 +113,8 @@ class LmdbStore:
             self._by_created = self._env.open_db(b"by_created", txn=txn)
             self._by_completed = self._env.open_db(b"by_completed", txn=txn)
             self._meta = self._env.open_db(b"meta", txn=txn)
+            self._by_card = self._env.open_db(b"by_card", txn=txn)
+        self._dbs = lmdb_keys.Dbs(self._records, self._by_card)
         # set_mapsize needs no live transaction in this process: loop-thread reads hold this lock, and the
         # writer thread takes it to resize between its own write transactions.
         self._resize_lock = threading.Lock()
@@ -288,6 +291,9 @@ class LmdbStore:
         key = codec.record_key(rec.client_id, rec.transaction_id)
         raw = txn.get(key, db=self._records)
         if raw is None:
+            refused = lmdb_keys.refuse_or_hold(txn, self._dbs, key, rec, now)
+            if refused is not None:
+                return refused
             rec.owner = self.owner_id
             rec.created_at = rec.created_at or now
             txn.put(key, codec.encode(rec), db=self._records)
@@ -326,6 +332,7 @@ class LmdbStore:
         _trim_events(rec)
         txn.put(key, codec.encode(rec), db=self._records)
         txn.put(codec.time_key(now, key), b"", db=self._by_completed)
+        lmdb_keys.settle_original(txn, self._dbs, rec, now)  # a REVERSAL's original: same commit
         return rec
 
     def _do_events(self, txn: lmdb.Transaction[bytes], key: bytes, events: list[Event], replay: bool) -> None:
@@ -385,6 +392,7 @@ class LmdbStore:
         if rec.terminal_id and rec.stan:
             txn.delete(codec.terminal_stan_key(rec.terminal_id, rec.stan), key, db=self._by_term_stan)
         txn.delete(codec.time_key(rec.created_at, key), db=self._by_created)
+        lmdb_keys.forget_card_key(txn, self._dbs, key, rec)
 
     # ---- owners ------------------------------------------------------------------------------------
 
@@ -562,6 +570,11 @@ class LmdbStore:
     def map_size(self) -> int:
         """The current map size in bytes (for metrics and tests)."""
         return int(self._env.info()["map_size"])
+
+    def map_usage(self) -> tuple[int, int]:
+        """(bytes of the map in use, store.max_map_size_mb in bytes): past the second, writes fail."""
+        used = (int(self._env.info()["last_pgno"]) + 1) * int(self._env.stat()["psize"])
+        return used, self._max_map
 
 
 def _trim_events(rec: TransactionRecord) -> None:

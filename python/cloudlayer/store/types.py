@@ -6,6 +6,10 @@ another backend (e.g. PostgreSQL for several hosts) implements the same Protocol
 Durability promises every implementation keeps:
   - `claim` returns NEW only after the PENDING record is on disk (fsync'd).
   - `complete` returns only after the COMPLETED record with the exact response bytes is on disk.
+  - `claim` is one atomic step for every key a transaction takes: its transactionId, its card key (the same
+    card transaction under another transactionId is refused, DUPLICATE_CARD) and, for a REVERSAL, its original
+    (checked by store.reversals.refusal and held, ORIGINAL_REFUSED otherwise); `complete` of a REVERSAL settles
+    the hold on its original in the same step (store.reversals.settle). One effective reversal per original.
 Records never hold a full PAN, track data or a PIN block: `sealed_request` is the only copy of the
 acquirer request, encrypted (cloudlayer.sealing) and erased on completion.
 """
@@ -45,6 +49,10 @@ class TransactionRecord(msgspec.Struct, kw_only=True):
     merchant_id: str = ""
     terminal_id: str = ""
     masked_pan: str | None = None  # 6+4 only
+    card_key: bytes = b""  # 32 bytes from cloudlayer.cardkey (keyed HMAC of PAN, sequence, ATC), b"" if none
+    # On an original: the transactionId of the REVERSAL holding it (while that one is PENDING) or that reversed
+    # it (once COMPLETED with an effective outcome, store.reversals.effective). "" when not reversed.
+    reversed_by: str = ""
     emv_redacted: bytes = b""  # cloudlayer.emv.redact() of the request's emvData
     stan: str = ""
     rrn: str = ""
@@ -69,11 +77,30 @@ class ClaimOutcome(StrEnum):
     CONFLICT = "CONFLICT"  # same key, different fingerprint: refuse, never process
     IN_FLIGHT = "IN_FLIGHT"  # PENDING, owner alive: wait_completed() then replay
     ORPHANED = "ORPHANED"  # PENDING, owner dead: take_over() then recover
+    # The record's card key is already held by another transactionId of this client (record is that one's):
+    # refuse, never send. Nothing was written.
+    DUPLICATE_CARD = "DUPLICATE_CARD"
+    # A REVERSAL whose original may not be reversed (Claim.refusal says why; record is the original, or the
+    # claimed record itself for UNKNOWN). Nothing was written.
+    ORIGINAL_REFUSED = "ORIGINAL_REFUSED"
+
+
+class OriginalRefusal(StrEnum):
+    """Why a REVERSAL's original cannot be reversed (store.reversals.refusal decides; every backend the same)."""
+
+    UNKNOWN = "UNKNOWN"  # no transaction with this id for this client
+    IN_PROGRESS = "IN_PROGRESS"  # the original, or a reversal holding it, is still PENDING: retry
+    IS_REVERSAL = "IS_REVERSAL"  # a reversal cannot be reversed
+    ALREADY_REVERSED = "ALREADY_REVERSED"  # another transactionId reversed it (original.reversed_by)
+    NOT_APPROVED = "NOT_APPROVED"  # nothing to reverse
+    AMOUNT = "AMOUNT"  # more than the original's amount, or another currency
+    TERMINAL = "TERMINAL"  # sent from another terminal than the original's
 
 
 class Claim(msgspec.Struct, frozen=True):
     outcome: ClaimOutcome
     record: TransactionRecord
+    refusal: OriginalRefusal | None = None  # with ORIGINAL_REFUSED only
 
 
 class Completion(msgspec.Struct, frozen=True, kw_only=True):

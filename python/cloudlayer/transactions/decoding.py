@@ -24,6 +24,20 @@ def conflict() -> Problem:
     )
 
 
+def duplicate_card(holder: str) -> Problem:
+    """The same card transaction (card, sequence number and ATC, or cryptogram) under another transactionId: it is
+    never sent again. Names the transactionId that carries it, the same on every resubmission."""
+    return Problem(
+        409,
+        "duplicate-card-transaction",
+        "Card transaction already processed",
+        f"emvData: this card transaction (same card and transaction counter) was already submitted as transactionId "
+        f"{holder!r}; it was not processed again",
+        field="emvData",
+        extra={"existingTransactionId": holder},
+    )
+
+
 def decode(body: bytes) -> TransactionRequest:
     try:
         req = decode_request(body)

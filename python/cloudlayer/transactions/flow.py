@@ -19,6 +19,7 @@ import structlog
 import trio
 
 from .. import emv
+from ..acquirer.spec import REVERSAL_NOT_ACKNOWLEDGED
 from ..acquirer.types import (
     AcquirerRequest,
     AcquirerResponse,
@@ -28,8 +29,10 @@ from ..acquirer.types import (
     OutcomeUnknown,
     RequestNotEncodable,
 )
+from ..cardkey import CardKeys
 from ..http.problems import Problem
 from ..sealing import Sealer
+from ..store.reversals import STORED_FOR_FORWARDING
 from ..store.types import (
     Claim,
     ClaimOutcome,
@@ -40,10 +43,10 @@ from ..store.types import (
     TransactionRecord,
     TransactionStore,
 )
-from .decoding import conflict, decode, parse_emv
+from .decoding import conflict, decode, duplicate_card, parse_emv
 from .mapping import build_acquirer_request, fingerprint, transaction_key
 from .models import APPROVED_CODES, TransactionResponse, TransactionType, encode_response, response_message
-from .originals import REVERSED_EVENT, original_for
+from .originals import original_data, original_for, refusal_problem
 from .refusal import not_encodable
 
 log = structlog.get_logger(__name__)
@@ -87,12 +90,14 @@ class TransactionFlow:
         connector: Connector,
         sealer: Sealer,
         *,
+        card_keys: CardKeys,
         acquirer_timeout: float,
         link_wait: float | None = None,
     ) -> None:
         self._store = store
         self._connector = connector
         self._sealer = sealer
+        self._card_keys = card_keys
         # A duplicate waits for the first attempt at most this long (the first is bounded by the acquirer
         # timeout, plus the time to queue a reversal and store the answer).
         self._wait_for_owner = acquirer_timeout * 2 + 5.0
@@ -115,12 +120,26 @@ class TransactionFlow:
             if existing.fingerprint != fp:
                 raise conflict()
             return self._replay(existing)
-        is_reversal = req.transaction_type is TransactionType.REVERSAL
-        original = await original_for(self._store, client_id, req) if is_reversal else None
-        stan, rrn = await self._store.next_ids()
+        original = None
+        if req.transaction_type is TransactionType.REVERSAL:
+            # One rule for every 0400 (docs/iso8583.md): it quotes the original's STAN, RRN and terminal, as our
+            # own timeout reversals do, and spends no STAN of its own.
+            original = await original_for(self._store, client_id, req)
+            stan, rrn = original.stan, original.rrn
+        else:
+            stan, rrn = await self._store.next_ids()
         now = time.time()
         key = transaction_key(client_id, req.transaction_id)
-        acq_req = build_acquirer_request(req, icc, card, stan=stan, rrn=rrn, now=now, key=key, original=original)
+        acq_req = build_acquirer_request(
+            req,
+            icc,
+            card,
+            stan=stan,
+            rrn=rrn,
+            now=now,
+            key=key,
+            original=original_data(client_id, original) if original is not None else None,
+        )
         # The connector fixes now what recovery and reversals must quote as sent, whatever the config says later.
         acq_req = self._connector.prepare(acq_req)
         record = TransactionRecord(
@@ -134,6 +153,8 @@ class TransactionFlow:
             merchant_id=req.merchant_id,
             terminal_id=req.terminal_id,
             masked_pan=card.masked_pan if card else None,
+            # A REVERSAL carries its original's tap, if any: its own key is its original (held by the claim).
+            card_key=self._card_keys.key(client_id, card) if original is None else b"",
             emv_redacted=emv.redact(icc) if icc else b"",
             stan=stan,
             rrn=rrn,
@@ -174,6 +195,11 @@ class TransactionFlow:
                 return self._replay(rec)
             case ClaimOutcome.CONFLICT:
                 raise conflict()
+            case ClaimOutcome.DUPLICATE_CARD:
+                raise duplicate_card(rec.transaction_id)
+            case ClaimOutcome.ORIGINAL_REFUSED:
+                assert claim.refusal is not None
+                raise refusal_problem(claim.refusal, rec)  # rec: the original (the claim itself if UNKNOWN)
             case ClaimOutcome.IN_FLIGHT:
                 with trio.move_on_after(self._wait_for_owner):
                     try:
@@ -211,6 +237,8 @@ class TransactionFlow:
             resp = await self._connector.send(acq_req)
             outcome = "approved" if resp.response_code in APPROVED_CODES else "declined"
             last = Event(time.time(), "answered", resp.response_code)
+            if acq_req.kind is MessageKind.REVERSAL and resp.response_code in REVERSAL_NOT_ACKNOWLEDGED:
+                resp, outcome = await self._forward_unacknowledged(acq_req, resp.response_code)
         except RequestNotEncodable as e:
             return await self._refuse(rec, e)
         except AcquirerUnavailable as e:
@@ -218,7 +246,7 @@ class TransactionFlow:
             if acq_req.kind is MessageKind.REVERSAL:
                 # A reversal is owed whatever the link's state: store and forward it, never drop it.
                 await self._connector.queue_reversal(acq_req, reason=f"acquirer unavailable: {e}")
-                resp, outcome = AcquirerResponse(response_code="00"), "reversal-stored-for-forwarding"
+                resp, outcome = AcquirerResponse(response_code="00"), STORED_FOR_FORWARDING
             else:
                 resp, outcome = _our_decline(), "unavailable-declined"
             sent, last = (), Event(sent_at, "not-sent", str(e))
@@ -226,7 +254,7 @@ class TransactionFlow:
             # The connector queued a reversal before raising: the outcome is now 'reversed'.
             log.warning("acquirer_outcome_unknown", transaction_id=rec.transaction_id, stan=rec.stan, reason=str(e))
             if acq_req.kind is MessageKind.REVERSAL:
-                resp, outcome = AcquirerResponse(response_code="00"), "reversal-stored-for-forwarding"
+                resp, outcome = AcquirerResponse(response_code="00"), STORED_FOR_FORWARDING
             else:
                 resp, outcome = _our_decline(), "timeout-reversed"
             last = Event(time.time(), "no-answer", str(e))
@@ -243,7 +271,7 @@ class TransactionFlow:
             # The dead owner timed out and reversed it before dying: that is the outcome, whatever an
             # inquiry would say about the original authorization.
             if acq_req.kind is MessageKind.REVERSAL:
-                resp, outcome = AcquirerResponse(response_code="00"), "reversal-stored-for-forwarding"
+                resp, outcome = AcquirerResponse(response_code="00"), STORED_FOR_FORWARDING
             else:
                 resp, outcome = _our_decline(), "timeout-reversed"
             events = (Event(time.time(), "recovered", outcome),)
@@ -257,7 +285,13 @@ class TransactionFlow:
         except (AcquirerUnavailable, OutcomeUnknown) as e:
             log.warning("inquiry_failed", transaction_id=rec.transaction_id, reason=str(e))
             found = None
-        if found is not None:
+        if (
+            found is not None
+            and acq_req.kind is MessageKind.REVERSAL
+            and found.response_code in REVERSAL_NOT_ACKNOWLEDGED
+        ):
+            resp, outcome = await self._forward_unacknowledged(acq_req, found.response_code)
+        elif found is not None:
             outcome = "recovered-" + ("approved" if found.response_code in APPROVED_CODES else "declined")
             resp = found
         else:
@@ -266,11 +300,17 @@ class TransactionFlow:
             if acq_req.kind is MessageKind.REVERSAL:
                 # The queued message is this reversal itself, forwarded until acknowledged: as in _authorize,
                 # it counts as done (a 91 here would let a second reversal of the original through).
-                resp, outcome = AcquirerResponse(response_code="00"), "reversal-stored-for-forwarding"
+                resp, outcome = AcquirerResponse(response_code="00"), STORED_FOR_FORWARDING
             else:
                 resp, outcome = _our_decline(), "orphan-reversed"
         events = (Event(time.time(), "recovered", outcome),)
         return await self._finish(rec, resp, outcome, events, trio.current_time() - t0)
+
+    async def _forward_unacknowledged(self, acq_req: AcquirerRequest, code: str) -> tuple[AcquirerResponse, str]:
+        """A reversal answered 91/96 reversed nothing yet (spec.REVERSAL_NOT_ACKNOWLEDGED): store and forward it
+        (repeated as 0401 until acknowledged), and count it done, as when the link is down."""
+        await self._connector.queue_reversal(acq_req, reason=f"reversal answered {code}: not acknowledged")
+        return AcquirerResponse(response_code="00"), STORED_FOR_FORWARDING
 
     async def _refuse(self, rec: TransactionRecord, e: RequestNotEncodable) -> Answer:
         log.error("request_not_encodable", transaction_id=rec.transaction_id, stan=rec.stan, reason=str(e))
@@ -335,12 +375,8 @@ class TransactionFlow:
             outcome=outcome,
             events=(*events, Event(time.time(), "completed", outcome)),
         )
+        # For a REVERSAL the store marks (or releases) its original in this same step (store.reversals.settle).
         await self._store.complete(rec.client_id, rec.transaction_id, completion)
-        if approved and rec.transaction_type == TransactionType.REVERSAL.value and rec.original_transaction_id:
-            # Mark the original, so that a second reversal under another id is refused, not sent again.
-            await self._store.add_events(
-                rec.client_id, rec.original_transaction_id, Event(time.time(), REVERSED_EVENT, rec.transaction_id)
-            )
         _crash_point("after_completed")
         return Answer(
             transaction_id=rec.transaction_id,

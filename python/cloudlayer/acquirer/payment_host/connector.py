@@ -27,6 +27,7 @@ import trio
 from ...config import AcquirerConfig, Config
 from ...observability import metrics
 from ...sealing import Sealer
+from .. import spec
 from ..backoff import backoff_delay
 from ..saf import DONE_RETENTION, SafItem, SafQueue, entry_key, owner_id
 from ..types import (
@@ -130,6 +131,10 @@ class HttpConnector:
     @property
     def saf_depth(self) -> int:
         return len(self._saf)
+
+    def saf_oldest_created(self) -> float | None:
+        """Creation time of the oldest reversal waiting (None if none); blocks on the store: call in a thread."""
+        return self._saf.oldest_created()
 
     @property
     def token_requests(self) -> int:
@@ -410,7 +415,13 @@ class HttpConnector:
             await trio.to_thread.run_sync(self._saf.release, item.key, self._owner, retry_in, str(e))
             log.info("reversal_retry_scheduled", stan=item.request.stan, retry_in=round(retry_in, 2), error=str(e))
             return
-        # Any Reversal acknowledges: 00 reversed, 25 never authorized (the key is then blocked at the host).
+        if answer.response_code in spec.REVERSAL_NOT_ACKNOWLEDGED:  # 91/96: nothing reversed yet, as for ISO
+            retry_in = backoff_delay(item.attempts, self._cfg.saf_retry_min, self._cfg.saf_retry_max)
+            why = f"answered {answer.response_code}"
+            await trio.to_thread.run_sync(self._saf.release, item.key, self._owner, retry_in, why)
+            log.info("reversal_retry_scheduled", stan=item.request.stan, retry_in=round(retry_in, 2), error=why)
+            return
+        # Any other answer acknowledges: 00 reversed, 25 never authorized (the key is then blocked at the host).
         await trio.to_thread.run_sync(self._saf.delete, item.key)
         self.reversals_acknowledged += 1
         log.info(
