@@ -95,7 +95,7 @@ def main() -> None:
             content_type="application/x-www-form-urlencoded",
             body=body,
             query_string=b"",
-            authorization=None,
+            authorization=[],
             remote_addr="127.0.0.1",
         )
 

@@ -102,6 +102,14 @@ def test_env_override_unknown_key_is_named() -> None:
         ("[acquirer]\ntimeout = 0\n", "acquirer.timeout"),
         ('[metrics]\nbind = ":"\n', "metrics.bind"),
         ('[acquirer]\nsimulator_config = "/nonexistent/sim.toml"\n', "acquirer.simulator_config"),
+        # A heartbeat timeout within three intervals would kill a healthy worker whose tick is merely late.
+        (
+            "[server]\nworker_heartbeat_interval = 1.0\nworker_heartbeat_timeout = 2.0\n",
+            "server.worker_heartbeat_timeout",
+        ),
+        ("[server]\nworker_heartbeat_interval = 5.0\n", "server.worker_heartbeat_timeout"),
+        ("[server]\nworker_heartbeat_interval = 0\n", "server.worker_heartbeat_interval"),
+        ("[server]\nworker_heartbeat_timeout = 30.0\nworker_start_timeout = 20.0\n", "server.worker_start_timeout"),
     ],
 )
 def test_invalid_values_are_named(tmp_path: Path, toml: str, key: str) -> None:
@@ -127,3 +135,10 @@ def test_cli_reports_bad_config_in_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "server.workers" in lines[0]
+
+
+def test_heartbeat_keys_at_their_margin_load(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(tmp_path, "[server]\nworker_heartbeat_interval = 0.5\nworker_heartbeat_timeout = 1.5\n"), environ={}
+    )
+    assert cfg.server.worker_heartbeat_timeout == 1.5 and cfg.server.worker_start_timeout == 60.0

@@ -21,6 +21,7 @@ from cloudlayer.observability.logging import (
     is_sensitive_key,
     luhn_valid,
     mask_pans,
+    redact_credentials,
     request_id_from,
 )
 
@@ -114,6 +115,56 @@ def test_stdlib_records_and_tracebacks_go_through_the_same_masking(log_output: i
     assert first["event"] == "connection from card 411111******1111"
     assert first["logger"] == "hypercorn.error"
     assert "ValueError: bad card 411111******1111" in str(second["exception"])
+
+
+def test_credentials_in_text_are_redacted() -> None:
+    jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJjbCJ9.c2lnbmF0dXJl"
+    cases = {
+        f"Authorization: Bearer {jwt} next": "Authorization: [REDACTED] next",
+        "(b'authorization', b'Basic Y2xpZW50OnMzY3IzdA==')": "(b'authorization', b'[REDACTED]')",
+        "grant_type=client_credentials&client_secret=s3cr3t-v&scope=x": (
+            "grant_type=client_credentials&client_secret=[REDACTED]&scope=x"
+        ),
+        f'{{"access_token": "{jwt}", "token_type": "Bearer"}}': (
+            '{"access_token": "[REDACTED]", "token_type": "Bearer"}'
+        ),
+        f"proxy-authorization=Negotiate YIIGhgYGKwYBBQUCoIIGejCCBnagMDAuBgkqhkiC9xIBAgIG {jwt}": (
+            "proxy-authorization=[REDACTED] [REDACTED]"
+        ),
+        f"token was {jwt} then": "token was [REDACTED] then",
+    }
+    for text, redacted in cases.items():
+        assert redact_credentials(text) == redacted, text
+    for prose in ("basic auth failed", "Authorization header missing", "token_type Bearer", "no secret here"):
+        assert redact_credentials(prose) == prose
+
+
+@pytest.fixture
+def debug_log_output() -> Iterator[io.StringIO]:
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    buffer = io.StringIO()
+    configure_logging(LoggingConfig(level="DEBUG", format="json"), stream=buffer)
+    yield buffer
+    structlog.reset_defaults()
+    root.handlers, root.level = saved_handlers, saved_level
+
+
+def test_at_debug_libraries_stay_at_info_and_are_redacted(debug_log_output: io.StringIO) -> None:
+    """h2's hpack logs every decoded header at DEBUG, Authorization included: capped, whatever our level."""
+    hpack = logging.getLogger("hpack.hpack")
+    hpack.debug("Decoded %s", (b"authorization", b"Basic Y2xpZW50OnMzY3IzdA=="))
+    noisy = logging.getLogger("some.library")
+    noisy.setLevel(logging.DEBUG)  # a library that turns itself up is still capped by our handler
+    noisy.debug("header authorization: Bearer abcdefgh12345678")
+    noisy.warning("refused client_secret=s3cr3t-v")
+    structlog.get_logger("test").debug("our_detail", step="claim")
+    noisy.setLevel(logging.NOTSET)
+    text = debug_log_output.getvalue()
+    assert "Y2xpZW50OnMzY3IzdA" not in text and "abcdefgh12345678" not in text and "s3cr3t-v" not in text
+    first, second = _lines(debug_log_output)
+    assert first["event"] == "refused client_secret=[REDACTED]" and first["level"] == "warning"
+    assert second["event"] == "our_detail" and second["level"] == "debug"  # our own DEBUG still shows
 
 
 def test_disabled_levels_format_nothing(log_output: io.StringIO) -> None:

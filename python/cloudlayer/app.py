@@ -18,6 +18,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from .config import Config
+from .http import guards
 from .http.problems import Problem
 from .observability import health, metrics
 from .observability.logging import bind_request_id
@@ -49,14 +50,12 @@ def create_app(cfg: Config) -> QuartTrio:
         g.request_id = bind_request_id(request.headers.get("X-Request-Id"))
         g.started = time.perf_counter()
         g.outcome = ""
-        metrics.IN_FLIGHT.inc()
 
     @app.after_request
     async def end_request(resp: Response) -> Response:
         resp.headers["X-Request-Id"] = g.get("request_id", "")
         started = g.get("started")
         if started is not None:
-            metrics.IN_FLIGHT.dec()
             rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
             outcome = g.get("outcome") or ("ok" if resp.status_code < 400 else "rejected")
             metrics.observe_request(rule, resp.status_code, outcome, time.perf_counter() - started)
@@ -75,7 +74,9 @@ def create_app(cfg: Config) -> QuartTrio:
     services.register_routes(app)
     _register_error_handlers(app)
     # Wrapping asgi_app is Quart's documented middleware hook; its stub types it as a bound method.
-    app.asgi_app = _shield_sends(app.asgi_app)  # type: ignore[method-assign,assignment]
+    # guards: the in-flight gauge (counted even for a request cancelled mid-body) and Connection: close after a
+    # request framed by both Content-Length and Transfer-Encoding.
+    app.asgi_app = guards.guard(_shield_sends(app.asgi_app))  # type: ignore[method-assign,assignment]
     return app
 
 

@@ -42,6 +42,15 @@ class ServerConfig(_Section):
     # keep_alive_timeout or idle connections close early. It also bounds a slow sender.
     read_timeout: int = 90
     graceful_timeout: float = 20.0
+    # TCP_QUICKACK after each TLS handshake: without it the first request on a new TLS 1.3 connection waits
+    # ~40 ms on a delayed ACK (hypercorn_fixes.py). Linux only; off only to measure the difference.
+    tcp_quickack: bool = True
+    # Hung workers: each worker's event loop ticks a heartbeat every interval; a worker silent for timeout
+    # seconds (or not ticking within start_timeout of its spawn: importing, opening the store) is killed and
+    # replaced, and its PENDING transactions recover as after a crash.
+    worker_heartbeat_interval: float = 1.0
+    worker_heartbeat_timeout: float = 10.0
+    worker_start_timeout: float = 60.0
     max_body_bytes: int = 16_384
     transaction_path: str = "/transaction/process"
     # Directory for generated state (dev cert, keys, client registry, LMDB) when paths are relative.
@@ -269,6 +278,7 @@ def _check(cfg: Config) -> None:
 
     if cfg.server.workers < 1:
         raise bad("server.workers", "must be at least 1")
+    _check_heartbeat(cfg.server, bad)
     if cfg.server.sealing_retire_grace < 0:
         raise bad("server.sealing_retire_grace", "must not be negative")
     if cfg.server.max_body_bytes < 256:
@@ -312,6 +322,25 @@ def _check(cfg: Config) -> None:
         raise bad("acquirer.connector_factory", 'must be "package.module:function" for kind = "custom"')
     if cfg.acquirer.kind == "http":
         _check_http_acquirer(cfg, bad)
+
+
+# The supervisor looks once per interval and a busy loop may tick up to an interval late: below three
+# intervals a healthy worker could be killed for a tick that was merely late.
+HEARTBEAT_MARGIN = 3.0
+
+
+def _check_heartbeat(server: ServerConfig, bad: Callable[[str, str], ConfigError]) -> None:
+    interval, timeout = server.worker_heartbeat_interval, server.worker_heartbeat_timeout
+    if not 0.05 <= interval <= 60:
+        raise bad("server.worker_heartbeat_interval", "must be between 0.05 and 60 seconds")
+    if timeout < HEARTBEAT_MARGIN * interval:
+        raise bad(
+            "server.worker_heartbeat_timeout",
+            f"must be at least {HEARTBEAT_MARGIN:g} x server.worker_heartbeat_interval "
+            f"({HEARTBEAT_MARGIN * interval:g} s)",
+        )
+    if server.worker_start_timeout < timeout:
+        raise bad("server.worker_start_timeout", "must be at least server.worker_heartbeat_timeout")
 
 
 def _check_http_acquirer(cfg: Config, bad: Callable[[str, str], ConfigError]) -> None:

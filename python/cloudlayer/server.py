@@ -1,8 +1,14 @@
 """`cloudlayer serve`: Hypercorn trio workers for our app, configured from our Config, under a trio supervisor.
 
 The parent process binds the listening sockets, serves /metrics (summing every worker's metrics files) and
-supervises `server.workers` spawned worker processes; each worker imports `cloudlayer.asgi:app`, which builds
-the app from the config file named by CLOUDLAYER_CONFIG.
+supervises `server.workers` spawned worker processes (worker.py); each worker imports `cloudlayer.asgi:app`,
+which builds the app from the config file named by CLOUDLAYER_CONFIG.
+
+Hung workers. A worker that dies is replaced. A worker that lives but makes no progress (deadlocked, stuck in a
+C call, SIGSTOPped) would otherwise count as alive for ever, and so would its PENDING claims: each worker ticks
+a shared-memory heartbeat from its event loop, and one silent for `server.worker_heartbeat_timeout` (or not
+ticking within `server.worker_start_timeout` of its spawn) is SIGKILLed, then replaced like any crashed worker
+(metric `cloudlayer_workers_hung_killed_total`); its claims recover as after a crash.
 
 Shutdown. Hypercorn's own `run` stops workers on the first SIGINT/SIGTERM but has no way to force a stuck
 shutdown, and workers die at once if a service manager sends SIGTERM to the whole process group. So we
@@ -23,24 +29,23 @@ import signal
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from multiprocessing.process import BaseProcess
-from multiprocessing.synchronize import Event as EventType
 
 import msgspec
 import structlog
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
-from hypercorn.trio.run import trio_worker
 from hypercorn.utils import repr_socket_addr
 
-from . import devmode, hypercorn_fixes
+from . import devmode
 from .acquirer.simulator_config import SimulatorConfig
 from .acquirer.tls import check_client_files
-from .config import Config, ConfigError, LoggingConfig
+from .config import Config, ConfigError
 from .hostlock import hold_host_lock
 from .observability import metrics
 from .observability.logging import configure_logging
 from .tls import ensure_dev_certificate
+from .worker import Heartbeat, HeartbeatWatch, worker_main
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +65,8 @@ TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 class CloudLayerHypercornConfig(HypercornConfig):
     """Hypercorn's TLS context (TLS >= 1.2, no compression, ALPN) with the hardening its `options =` drops."""
+
+    tcp_quickack = True  # server.tcp_quickack, read by each worker (hypercorn_fixes)
 
     def create_ssl_context(self) -> ssl.SSLContext | None:
         context = super().create_ssl_context()
@@ -101,6 +108,7 @@ def hypercorn_config(cfg: Config, config_path: str | None) -> HypercornConfig:
     # Hypercorn's h11_max_incomplete_size (16 KiB) bounds the request line and headers.
     hc.alpn_protocols = ["h2", "http/1.1"] if server.http2 else ["http/1.1"]
     hc.ciphers = TLS12_CIPHERS
+    hc.tcp_quickack = server.tcp_quickack
     if server.tls:
         if server.certfile or server.keyfile:
             if not (server.certfile and server.keyfile):
@@ -208,18 +216,6 @@ def _listen_urls(sockets: Sockets) -> list[str]:
     return urls
 
 
-def _worker_main(
-    config: HypercornConfig, sockets: Sockets, shutdown_event: EventType, logging_cfg: LoggingConfig
-) -> None:
-    """Entry point of a spawned worker: the parent decides when to stop, so signals are ignored here."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    configure_logging(logging_cfg)
-    hypercorn_fixes.apply()
-    metrics.WORKERS.inc()
-    trio_worker(config, sockets, shutdown_event)
-
-
 class _Supervisor:
     def __init__(self, cfg: Config, hc: HypercornConfig, sockets: Sockets) -> None:
         self.cfg = cfg
@@ -228,6 +224,7 @@ class _Supervisor:
         self.ctx = multiprocessing.get_context("spawn")
         self.shutdown_event = self.ctx.Event()
         self.processes: list[BaseProcess] = []
+        self.heartbeats: dict[BaseProcess, HeartbeatWatch] = {}
         self.stopping = False
         self.forced = False
         self.failed = False
@@ -241,19 +238,29 @@ class _Supervisor:
     def spawn_one(self) -> BaseProcess:
         # Ignored dispositions survive exec: a worker cannot be killed by a signal before it ignores it.
         previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+        server = self.cfg.server
+        heartbeat: Heartbeat = self.ctx.RawValue("Q", 0)
         try:
             process = self.ctx.Process(
-                target=_worker_main,
+                target=worker_main,
                 kwargs={
                     "config": self.hc,
                     "sockets": self.sockets,
                     "shutdown_event": self.shutdown_event,
                     "logging_cfg": self.cfg.logging,
+                    "heartbeat": heartbeat,
+                    "heartbeat_interval": server.worker_heartbeat_interval,
                 },
                 daemon=True,
             )
             process.start()
             self.processes.append(process)
+            self.heartbeats[process] = HeartbeatWatch(
+                heartbeat,
+                trio.current_time(),
+                timeout=server.worker_heartbeat_timeout,
+                start_timeout=server.worker_start_timeout,
+            )
             return process
         finally:
             for sig, handler in previous.items():
@@ -280,6 +287,7 @@ class _Supervisor:
         if process.pid is not None:
             metrics.mark_worker_dead(process.pid)
         self.processes.remove(process)
+        self.heartbeats.pop(process, None)
         if self.stopping:
             return
         log.error("worker_exited", pid=process.pid, exitcode=process.exitcode)
@@ -294,6 +302,22 @@ class _Supervisor:
         replacement = self.spawn_one()
         log.warning("worker_replaced", dead_pid=process.pid, pid=replacement.pid)
         nursery.start_soon(self.watch, replacement, nursery)
+
+    async def kill_hung_workers(self) -> None:
+        """SIGKILL a worker whose heartbeat stopped; `watch` then reaps and replaces it like a crashed one."""
+        while True:
+            await trio.sleep(self.cfg.server.worker_heartbeat_interval)
+            if self.stopping:
+                continue  # a stuck shutdown is `enforce_deadline`'s to force
+            now = trio.current_time()
+            for process, watch in list(self.heartbeats.items()):
+                silent = watch.silent_for(now)
+                if silent is None or process.exitcode is not None:
+                    continue
+                log.error("worker_hung", pid=process.pid, silent_seconds=round(silent, 1), started=watch.started)
+                metrics.SUPERVISOR.hung_killed += 1
+                del self.heartbeats[process]  # killed once; `watch` reaps it
+                process.kill()
 
     async def handle_signals(self, signals: AsyncIterator[int]) -> None:
         async for signum in signals:
@@ -326,6 +350,7 @@ async def _supervise(cfg: Config, hc: HypercornConfig, sockets: Sockets, sim_cfg
             async with trio.open_nursery() as watchers:
                 watchers.start_soon(sup.handle_signals, signals)
                 watchers.start_soon(sup.enforce_deadline)
+                watchers.start_soon(sup.kill_hung_workers)
                 async with trio.open_nursery() as workers:
                     for process in list(sup.processes):
                         workers.start_soon(sup.watch, process, workers)

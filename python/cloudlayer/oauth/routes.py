@@ -7,10 +7,11 @@ import json
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from ..http.problems import Problem
 from ..observability import metrics
 from .clients import AUTH_METHODS, GRANT_TYPES
 from .service import OAuthService
-from .token_endpoint import TokenRequest
+from .token_endpoint import MAX_BODY, TokenRequest
 
 TOKEN_PATH = "/oauth/token"
 JWKS_PATH = "/.well-known/jwks.json"
@@ -32,22 +33,33 @@ def authorization_server_metadata(service: OAuthService) -> dict[str, object]:
     }
 
 
+def too_large() -> Problem:
+    return Problem(
+        413,
+        "request-entity-too-large",
+        "Request Entity Too Large",
+        f"the token endpoint takes a form body of at most {MAX_BODY} bytes",
+    )
+
+
 def register_routes(app: QuartTrio, service: OAuthService) -> None:
     metadata = json.dumps(authorization_server_metadata(service), separators=(",", ":")).encode()
 
     @app.post(TOKEN_PATH)
     async def oauth_token() -> Response:
-        body = b""
-        if (request.content_length or 0) <= 8192:
-            body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
-        else:
-            body = b"\0" * 8193  # refused as too large without reading it
+        # A body over the endpoint's limit is a 413 problem, like any other route's (openapi.json): refused
+        # unread when its declared length says so, else once read (chunked; Quart stops at max_body_bytes).
+        if (request.content_length or 0) > MAX_BODY:
+            raise too_large()
+        body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+        if len(body) > MAX_BODY:
+            raise too_large()
         answer = await service.token_endpoint.handle(
             TokenRequest(
                 content_type=request.headers.get("Content-Type"),
                 body=body,
                 query_string=request.query_string,
-                authorization=request.headers.get("Authorization"),
+                authorization=request.headers.getlist("Authorization"),
                 remote_addr=request.remote_addr or "unknown",
             )
         )

@@ -51,6 +51,13 @@ class OAuthService:
         ensure_key_file(keys_path, JWS_ALGORITHMS[cfg.oauth.algorithm])
         return cls(cfg, open_registry(cfg), KeyRing(keys_path))
 
+    def verify_bearer_headers(self, headers: list[str], required_scope: str) -> Principal:
+        """verify_bearer for every Authorization header of a request: more than one is invalid_request (RFC 6750
+        3.1), refused before anything is processed whichever of them is valid."""
+        if len(headers) > 1:
+            raise BearerError(400, "invalid_request", "more than one Authorization header")
+        return self.verify_bearer(headers[0] if headers else None, required_scope)
+
     def verify_bearer(self, authorization: str | None, required_scope: str) -> Principal:
         """The principal of a valid bearer token holding `required_scope`; else BearerError (RFC 6750 §3)."""
         if authorization is None:

@@ -22,7 +22,10 @@ from .tokens import TokenIssuer
 log = structlog.get_logger(__name__)
 
 FORM_TYPE = "application/x-www-form-urlencoded"
+# A client_credentials form is a few hundred bytes: a larger body is refused (413, by the route) unparsed, and
+# one within it holding more than MAX_PARAMETERS parameters is invalid_request.
 MAX_BODY = 8192
+MAX_PARAMETERS = 32
 GRANT_TYPE = "client_credentials"
 _REALM = 'Basic realm="cloudlayer", charset="UTF-8"'
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache", "Content-Type": "application/json"}
@@ -39,7 +42,7 @@ class TokenRequest(msgspec.Struct, frozen=True, kw_only=True):
     content_type: str | None
     body: bytes
     query_string: bytes
-    authorization: str | None
+    authorization: list[str]  # every Authorization header (RFC 6750 3.1 / RFC 6749 2.3: at most one)
     remote_addr: str
 
 
@@ -133,10 +136,13 @@ def _form_params(req: TokenRequest) -> dict[str, str]:
     media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
     if media_type != FORM_TYPE:
         raise _invalid_request(f"the request body must be {FORM_TYPE}")
-    if len(req.body) > MAX_BODY:
+    if len(req.body) > MAX_BODY:  # the route answers 413 first; a caller without it still gets a refusal
         raise _invalid_request("request body too large")
+    if req.body.count(b"&") >= MAX_PARAMETERS:
+        raise _invalid_request(f"more than {MAX_PARAMETERS} parameters")
     try:
-        pairs = parse_qsl(req.body.decode("utf-8"), keep_blank_values=True, max_num_fields=32, errors="strict")
+        text = req.body.decode("utf-8")
+        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_PARAMETERS, errors="strict")
     except (UnicodeDecodeError, ValueError):
         raise _invalid_request("malformed form body") from None
     params: dict[str, str] = {}
@@ -150,8 +156,11 @@ def _form_params(req: TokenRequest) -> dict[str, str]:
     return params
 
 
-def _client_credentials(authorization: str | None, params: dict[str, str]) -> tuple[str, str, str]:
+def _client_credentials(headers: list[str], params: dict[str, str]) -> tuple[str, str, str]:
     """(client_id, secret, method) from exactly one of HTTP Basic and the form body."""
+    if len(headers) > 1:
+        raise _invalid_request("more than one Authorization header")
+    authorization = headers[0] if headers else None
     basic: tuple[str, str] | None = None
     if authorization is not None and authorization.strip():
         scheme, _, credentials = authorization.strip().partition(" ")

@@ -1,8 +1,14 @@
 """Structured logs: structlog JSON lines (or a console view for dev), stdlib logging routed through the same chain.
 
-Every event passes `redact_card_data` last before rendering: PAN-like digit runs are masked 6+4 and keys that
-name secrets or card data are dropped. The code must never log such data in the first place; this is the net
-under it. Disabled levels cost nothing: structlog's filtering logger turns them into no-ops before any
+Every event passes `redact_card_data` last before rendering: PAN-like digit runs are masked 6+4, keys that
+name secrets or card data are dropped, and credentials inside text (an `Authorization` header's value, Bearer
+and Basic credentials, `client_secret=...`, JWTs) are replaced by `[REDACTED]`. The code must never log such
+data in the first place; this is the net under it.
+
+`logging.level` is CloudLayer's own level. Libraries log through the stdlib (our events are structlog's), and
+some of them write request data at DEBUG: h2's `hpack` logs every decoded header, Authorization included. So
+stdlib records are capped at INFO whatever our level (`LIBRARY_MIN_LEVEL`), and the ones that do pass go
+through the same redaction. Disabled levels cost nothing: structlog's filtering logger turns them into no-ops before any
 processor or formatting runs, and stdlib loggers check their level first.
 """
 
@@ -53,6 +59,24 @@ _SENSITIVE_WORDS = frozenset(
 _KEY_WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _MAX_DEPTH = 4
+REDACTED = "[REDACTED]"
+# Libraries (hpack, h2, h11, hypercorn, httpx, ...) never log below this, whatever logging.level says.
+LIBRARY_MIN_LEVEL = logging.INFO
+# Credentials inside free text, e.g. hpack's `(b'authorization', b'Basic ...')`, a header line `Authorization:
+# Bearer ...`, a form body `client_secret=...`, a JSON `"access_token": "..."`, or a bare compact JWS/JWE.
+_CREDENTIALS = re.compile(
+    r"""(?ix)
+    (?P<header>(?:proxy-)?authorization['"]?\s*[:=,]\s*(?:b?['"])?)  # a header name: its value is scheme + credential
+        [^\s'"&,;)]+(?:\ [^\s'"&,;)]+)?
+    | (?P<scheme>\b(?:bearer|basic|digest|negotiate)\s+)        # an auth scheme: its token68 is the credential
+        [A-Za-z0-9._~+/=-]{8,}
+    | (?P<param>\b(?:client_secret|client_assertion|access_token|refresh_token|id_token|password|assertion)
+        ['"]?\s*[:=]\s*(?:b?['"])?)                              # a secret-bearing parameter
+        [^\s'"&,;)]+
+    | \beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*)*   # a compact JWS/JWE
+    """
+)
+_CREDENTIAL_HINT = re.compile(r"(?i)authoriz|bearer|basic|digest|negotiate|secret|assertion|token|password|eyJ")
 _CARD_FIRST_DIGITS = frozenset("23456")
 
 
@@ -116,9 +140,25 @@ def is_sensitive_key(key: str) -> bool:
     return any(a + b in _SENSITIVE_WORDS for a, b in itertools.pairwise(words))
 
 
+def _credential(m: re.Match[str]) -> str:
+    return (m.group("header") or m.group("scheme") or m.group("param") or "") + REDACTED
+
+
+def redact_credentials(text: str) -> str:
+    """Replace credentials in free text (Authorization values, Bearer/Basic credentials, client_secret and
+    token parameters, JWTs) by [REDACTED]. Hand-written: no logging library ships a scrubber for these."""
+    if _CREDENTIAL_HINT.search(text) is None:  # the common case: one cheap scan
+        return text
+    return _CREDENTIALS.sub(_credential, text)
+
+
+def _scrub_text(text: str) -> str:
+    return redact_credentials(mask_pans(text)) if len(text) >= 8 else text
+
+
 def _scrub(value: Any, depth: int) -> Any:
     if isinstance(value, str):
-        return mask_pans(value)
+        return _scrub_text(value)
     if depth >= _MAX_DEPTH:
         return value
     if isinstance(value, Mapping):
@@ -129,13 +169,13 @@ def _scrub(value: Any, depth: int) -> Any:
 
 
 def redact_card_data(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
-    """structlog processor: drop secret/card-data keys, mask PANs in every string value (nested too)."""
+    """structlog processor: drop secret/card-data keys, mask PANs and redact credentials in every string value
+    (nested too)."""
     for key in [k for k in event_dict if is_sensitive_key(k)]:
         del event_dict[key]
     for key, value in event_dict.items():
         if isinstance(value, str):
-            if len(value) >= 13:
-                event_dict[key] = mask_pans(value)
+            event_dict[key] = _scrub_text(value)
         elif isinstance(value, Mapping | list | tuple):
             event_dict[key] = _scrub(value, 1)
     return event_dict
@@ -182,9 +222,11 @@ def configure_logging(cfg: LoggingConfig, *, stream: TextIO | None = None) -> No
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
         )
     )
+    library_level = max(level, LIBRARY_MIN_LEVEL)
+    handler.setLevel(library_level)  # also for a library that sets its own logger to DEBUG
     root = logging.getLogger()
     root.handlers = [handler]
-    root.setLevel(level)
+    root.setLevel(library_level)
     # Hypercorn gives its error logger its own handler unless handed a Logger; ours propagates to root.
     for name in ("hypercorn.error", "hypercorn.access"):
         lib_logger = logging.getLogger(name)

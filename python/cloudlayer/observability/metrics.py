@@ -175,14 +175,21 @@ class SupervisorStats:
 
     def __init__(self) -> None:
         self.worker_exits = 0
+        self.hung_killed = 0
 
     def collect(self) -> list[CounterMetricFamily]:
-        family = CounterMetricFamily(
+        exits = CounterMetricFamily(
             "cloudlayer_worker_exits",
             "Worker processes that exited while the host was serving (each is replaced, unless they die in a loop).",
         )
-        family.add_metric([], self.worker_exits)
-        return [family]
+        exits.add_metric([], self.worker_exits)
+        hung = CounterMetricFamily(
+            "cloudlayer_workers_hung_killed",
+            "Workers killed (and replaced) by the supervisor because their heartbeat stopped "
+            "(server.worker_heartbeat_timeout).",
+        )
+        hung.add_metric([], self.hung_killed)
+        return [exits, hung]
 
 
 SUPERVISOR = SupervisorStats()

@@ -39,7 +39,7 @@ def register(app: QuartTrio, path: str, flow: TransactionFlow, oauth: OAuthServi
     async def process_transaction() -> Response:
         started = time.perf_counter()
         try:
-            principal = oauth.verify_bearer(request.headers.get("Authorization"), SCOPE)
+            principal = oauth.verify_bearer_headers(request.headers.getlist("Authorization"), SCOPE)
         except BearerError as e:
             g.outcome = "unauthorized"
             metrics.TOKEN_FAILURES.labels(e.error or "missing_token").inc()
