@@ -40,10 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .acquirer import commands as acquirer_commands
     from .oauth import commands as oauth_commands
     from .store import commands as store_commands
+    from .store.pg import commands as db_commands
 
     oauth_commands.register(sub, common)
     acquirer_commands.register(sub, common)
     store_commands.register(sub, common)
+    db_commands.register(sub, common)
     try_command.register(sub, common)
     return parser
 
