@@ -234,3 +234,13 @@ def pg_database(pg_cluster: Any) -> Iterator[Any]:
     db = pg_cluster.create_database()
     yield db
     pg_cluster.drop_database(db)
+
+
+@pytest.fixture(params=("lmdb", "postgres"))
+def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """Each transaction-store backend in turn (tests/store_backends.py): the contract suite runs on both."""
+    from store_backends import LmdbBackend, PgBackend
+
+    if request.param == "lmdb":
+        return LmdbBackend(tmp_path / "store")
+    return PgBackend(request.getfixturevalue("pg_database"))

@@ -163,6 +163,12 @@ def test_db_commands_and_host_refuses_an_unmigrated_schema(pg_database: Any, tmp
     assert again.returncode == 0 and "up to date" in again.stdout
     status = _cli(config, "db", "status")
     assert status.returncode == 0 and f"schema version {migrate.LATEST}" in status.stdout
+    # The operators' store commands read the shared database.
+    check = _cli(config, "txn", "check")
+    assert check.returncode == 0, check.stderr
+    assert json.loads(check.stdout)["path"].startswith("postgres 127.0.0.1:")
+    listed = _cli(config, "txn", "list", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []
 
     with pg_database.connect() as conn:
         conn.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (9999, 'future', 'x')")

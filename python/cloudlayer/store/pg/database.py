@@ -69,9 +69,11 @@ class Database:
 
     def __init__(self, settings: PgSettings, *, application_name: str = "cloudlayer") -> None:
         self.settings = settings
+        # Autocommit: a one-statement call is one round trip; several statements use conn.transaction().
+        self._kwargs = {**connect_kwargs(settings, application_name), "autocommit": True}
         self.pool: ConnectionPool[Conn] = ConnectionPool(
             settings.dsn,
-            kwargs=connect_kwargs(settings, application_name),
+            kwargs=self._kwargs,
             min_size=settings.pool_min,
             max_size=settings.pool_max,
             open=False,
@@ -91,8 +93,19 @@ class Database:
             self.pool.open(wait=True, timeout=self.settings.connect_timeout + self.settings.pool_timeout)
         except (PoolTimeout, psycopg.Error) as e:
             self.pool.close(timeout=1.0)
-            raise _unavailable(self.settings, e) from None
+            raise _unavailable(self.settings, self._why_not(e)) from None
         self._opened = True
+
+    def _why_not(self, e: BaseException) -> BaseException:
+        """The pool says only "initialization incomplete": one direct attempt tells the operator why (refused,
+        authentication failed, no such database...), within connect_timeout."""
+        if not isinstance(e, PoolTimeout):
+            return e
+        try:
+            psycopg.connect(self.settings.dsn, **self._kwargs).close()
+        except psycopg.Error as direct:
+            return direct
+        return e
 
     async def open(self) -> None:
         await trio.to_thread.run_sync(self.open_sync)
@@ -104,8 +117,8 @@ class Database:
     # ---- calls ---------------------------------------------------------------------------------------
 
     def call_sync(self, fn: Callable[[Conn], T]) -> T:
-        """Run fn on a pooled connection in one transaction (committed when fn returns, rolled back if it
-        raises). Blocking: use `call` from trio code."""
+        """Run fn on a pooled autocommit connection: each statement commits on its own; fn wraps several in
+        `conn.transaction()` to make them atomic. Blocking: use `call` from trio code."""
         try:
             with self.pool.connection(timeout=self.settings.pool_timeout) as conn:
                 return fn(conn)
