@@ -23,6 +23,7 @@ import structlog
 import trio
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from ..types import StoreUnavailable
 from .settings import PgSettings
 
 log = structlog.get_logger(__name__)
@@ -31,7 +32,7 @@ T = TypeVar("T")
 Conn = psycopg.Connection[tuple[Any, ...]]
 
 
-class DatabaseUnavailable(Exception):
+class DatabaseUnavailable(StoreUnavailable):
     """PostgreSQL could not be reached, or did not answer within its deadline. The message names no secret."""
 
 

@@ -206,7 +206,15 @@ class PgStore:
                 return Claim(ClaimOutcome.ORPHANED, existing)
             raise RuntimeError("claim: the record kept disappearing")
 
-        result: Claim = await self._call(do)
+        try:
+            result: Claim = await self._call(do)
+        except DatabaseUnavailable:
+            # The INSERT may have committed before the connection failed: if it did, the record is PENDING under
+            # our live owner id and nobody would finish it; counted as abandoned, a resubmission here recovers it.
+            self._abandoned.add(key)
+            raise
+        if result.outcome is ClaimOutcome.NEW:
+            self._abandoned.discard(key)  # ours and live from now on, whatever an earlier failed attempt left
         return result
 
     async def complete(self, client_id: str, transaction_id: str, completion: Completion) -> TransactionRecord:
