@@ -96,8 +96,8 @@ async def test_100_identical_requests_split_across_two_hosts_authorize_once(
         b.stop()
         a.stop()
     # The shared database agrees: one record per transaction, every one COMPLETED, no card data anywhere.
-    check = subprocess.run(
-        [CLOUDLAYER, "txn", "check", "--config", str(a.config)], capture_output=True, text=True, timeout=60
+    check = await trio.run_process(
+        [CLOUDLAYER, "txn", "check", "--config", str(a.config)], capture_stdout=True, capture_stderr=True, check=False
     )
     assert check.returncode == 0, check.stdout + check.stderr
     report = json.loads(check.stdout)
