@@ -23,6 +23,7 @@ from .http.problems import Problem
 from .observability import health, metrics
 from .observability.logging import bind_request_id
 from .services import Services
+from .store.types import StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -128,6 +129,19 @@ def _register_error_handlers(app: QuartTrio) -> None:
             if k.lower() == "allow":
                 resp.headers["Allow"] = v
         return resp
+
+    @app.errorhandler(StoreUnavailable)
+    async def on_store_unavailable(e: StoreUnavailable) -> Response:
+        # The database (store.backend = "postgres") is down or too slow: retryable, never a 500.
+        log.error("store_unavailable", error=str(e))
+        g.outcome = "store-unavailable"
+        return Problem(
+            503,
+            "store-unavailable",
+            "Store unavailable",
+            "the transaction store cannot be reached; retry",
+            headers={"Retry-After": "2"},
+        ).response()
 
     @app.errorhandler(Exception)
     async def on_exception(e: Exception) -> Response:

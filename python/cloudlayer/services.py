@@ -18,7 +18,7 @@ from .oauth.service import OAuthService
 from .observability import metrics
 from .observability.health import Readiness
 from .sealing import Sealer
-from .store.lmdb_store import LmdbStore
+from .store import open_store
 from .transactions import route as transaction_route
 from .transactions.flow import TransactionFlow
 
@@ -31,7 +31,7 @@ class Services:
         # The data key that seals card data at rest (pending requests, SAF reversals).
         self.sealer = Sealer.from_config(cfg)
         self.oauth = OAuthService.from_config(cfg)
-        self.store = LmdbStore.from_config(cfg)
+        self.store = open_store(cfg)  # store.backend: LMDB (embedded) or PostgreSQL (shared by hosts)
         self.connector = build_connector(cfg, self.sealer)
         self.flow = TransactionFlow(
             self.store,

@@ -1,4 +1,4 @@
-"""The transaction store: the contract in `types`, the embedded LMDB backend in `lmdb_store`."""
+"""The transaction store: the contract in `types`, the embedded LMDB backend in `lmdb_store`, PostgreSQL in `pg`."""
 
 from __future__ import annotations
 
@@ -15,4 +15,8 @@ def open_store(cfg: Config) -> TransactionStore:
         from .lmdb_store import LmdbStore
 
         return LmdbStore.from_config(cfg)
+    if cfg.store.backend == "postgres":
+        from .pg.store import PgStore
+
+        return PgStore.from_config(cfg)
     raise ValueError(f"unknown store.backend {cfg.store.backend!r}")

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import trio
 
 from ..cardkey import fingerprint as card_fingerprint
-from ..config import load_config
+from ..config import Config, load_config
 from .types import TransactionRecord
 
 T = TypeVar("T")
@@ -139,6 +139,8 @@ def _with_store(args: argparse.Namespace, fn: Callable[[Any], Awaitable[T]]) -> 
     from .lmdb_store import LmdbStore
 
     cfg = load_config(args.config)
+    if cfg.store.backend == "postgres":
+        return _with_pg_store(cfg, fn)
     path: Path = cfg.var_path(cfg.store.path)
     if not (path / "data.mdb").exists():
         print(f"cloudlayer: no transaction store at {path}", file=sys.stderr)
@@ -146,6 +148,25 @@ def _with_store(args: argparse.Namespace, fn: Callable[[Any], Awaitable[T]]) -> 
     store = LmdbStore.from_config(cfg)
     try:
         return trio.run(fn, store)
+    finally:
+        store.close()
+
+
+def _with_pg_store(cfg: Config, fn: Callable[[Any], Awaitable[T]]) -> T | None:
+    from .pg.database import DatabaseUnavailable
+    from .pg.store import PgStore
+
+    store = PgStore.from_config(cfg)
+
+    async def run() -> T:
+        await store.open()
+        return await fn(store)
+
+    try:
+        return trio.run(run)
+    except DatabaseUnavailable as e:
+        print(f"cloudlayer: {e}", file=sys.stderr)
+        return None
     finally:
         store.close()
 

@@ -1,4 +1,5 @@
 """An offline integrity scan of an LMDB transaction store: run it on a stopped (or quiet) host's store.
+(store.backend = "postgres": store/pg/integrity.py, the same checks on the shared database.)
 
 Checks, each reported as a `Problem` naming the record key (client NUL transaction id, never card data):
   - every record decodes as a TransactionRecord and sits under the key its own ids make;
@@ -25,6 +26,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lmdb
 import msgspec
@@ -32,6 +34,9 @@ import msgspec
 from . import codec
 from .owner import OwnerId, local_owner_alive
 from .types import State, TransactionRecord
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 _DIGIT_RUN = re.compile(rb"(?<![0-9])[0-9]{13,19}(?![0-9])")
 _MASKED_DIGITS = re.compile(r"[0-9]")
@@ -256,6 +261,27 @@ def _check_reversals(records: dict[bytes, TransactionRecord], report: IntegrityR
             )
 
 
+def _scan_postgres(cfg: Config, pending_max_age: float) -> IntegrityReport:
+    from .pg.database import Database
+    from .pg.integrity import scan_database
+    from .pg.settings import PgSettings
+
+    settings = msgspec.structs.replace(PgSettings.from_config(cfg), pool_min=1, pool_max=1)
+    db = Database(settings, application_name="cloudlayer-txn-check")
+    db.open_sync()
+    try:
+        return db.call_sync(
+            lambda conn: scan_database(
+                conn,
+                describe=settings.describe(),
+                owner_timeout=cfg.store.owner_timeout,
+                pending_max_age=pending_max_age,
+            )
+        )
+    finally:
+        db.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..config import load_config
 
@@ -264,7 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pending-max-age", type=float, default=60.0)
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
-    report = scan_store(cfg.var_path(cfg.store.path), pending_max_age=args.pending_max_age)
+    if cfg.store.backend == "postgres":
+        report = _scan_postgres(cfg, args.pending_max_age)
+    else:
+        report = scan_store(cfg.var_path(cfg.store.path), pending_max_age=args.pending_max_age)
     print(json.dumps(msgspec.to_builtins(report), indent=2))
     return 0 if report.ok else 1
 

@@ -117,6 +117,11 @@ class StoreFull(Exception):
     """The store cannot grow any further (map at store.max_map_size_mb): an operator must act."""
 
 
+class StoreUnavailable(Exception):
+    """The store cannot be reached right now (a database server down or too slow): nothing was decided;
+    the request may be retried (the host answers 503 with Retry-After)."""
+
+
 class InvalidRecord(ValueError):
     """claim/complete/add_events refused bad input. The message names the field, never its value."""
 

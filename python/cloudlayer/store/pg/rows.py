@@ -1,0 +1,192 @@
+"""The SQL of the PostgreSQL store and the mapping between its rows and TransactionRecord.
+
+Each function takes a connection (autocommit: one statement is one transaction, one round trip) and runs in a
+worker thread (store/pg/database.py). The claim is an INSERT ... ON CONFLICT DO NOTHING on the primary key
+(client_id, transaction_id): PostgreSQL makes a concurrent second insert of the same key wait for the first
+to commit or roll back, so exactly one claimer sees NEW, on every host. `ON CONFLICT` names no constraint on
+purpose: a second unique key (e.g. one per card for issue 16) is one more unique index, and a claim that hits
+it finds no row under its own key (`find_claimed` returns None) and can look it up by that key instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .. import codec
+from ..types import Completion, Event, State, TransactionRecord
+from .database import Conn
+
+_event_encoder = msgspec.msgpack.Encoder()
+_event_decoder = msgspec.msgpack.Decoder(Event)
+
+# Columns that rebuild a TransactionRecord (to_record), in this order.
+COLUMNS = (
+    "t.state, t.owner, t.completed_at, t.sealed_request, t.response_status, t.response_body, t.response_code,"
+    " t.approved, t.authorisation_code, t.outcome, t.replays, t.events, t.record"
+)
+_PK = "t.client_id = %s AND t.transaction_id = %s"
+# Statements interpolate only these module constants (S608 is off for this file); every value is a bound parameter.
+_HB_AGE = "(SELECT extract(epoch FROM now() - o.last_seen)::float8 FROM owners o WHERE o.owner = t.owner)"
+
+
+def encode_events(events: list[Event] | tuple[Event, ...]) -> list[bytes]:
+    return [_event_encoder.encode(e) for e in events]
+
+
+def to_record(row: tuple[Any, ...]) -> TransactionRecord:
+    """A record from the COLUMNS of a row: the claim-time fields from `record`, the rest from the columns."""
+    state, owner, completed_at, sealed, status, body, code, approved, auth, outcome, replays, events, blob = row[:13]
+    rec = codec.decode(blob)
+    rec.state = State(state)
+    rec.owner = owner
+    rec.completed_at = completed_at or 0.0
+    rec.sealed_request = sealed
+    rec.response_status = status
+    rec.response_body = body
+    rec.response_code = code
+    rec.approved = approved
+    rec.authorisation_code = auth
+    rec.outcome = outcome
+    rec.replays = replays
+    rec.events = [_event_decoder.decode(e) for e in events]
+    return rec
+
+
+def claim_blob(rec: TransactionRecord) -> bytes:
+    """The immutable part kept in `record`: no sealed request, no events, no answer (those are columns)."""
+    return codec.encode(msgspec.structs.replace(rec, sealed_request=None, events=[], owner=""))
+
+
+def insert_claim(conn: Conn, rec: TransactionRecord) -> bool:
+    cur = conn.execute(
+        "INSERT INTO transactions (client_id, transaction_id, fingerprint, state, owner, rrn, terminal_id, stan,"
+        " created_at, sealed_request, events, record)"
+        " VALUES (%s, %s, %s, 'PENDING', %s, %s, %s, %s, %s, %s, %s::bytea[], %s) ON CONFLICT DO NOTHING",
+        (
+            rec.client_id,
+            rec.transaction_id,
+            rec.fingerprint,
+            rec.owner,
+            rec.rrn,
+            rec.terminal_id,
+            rec.stan,
+            rec.created_at,
+            rec.sealed_request,
+            encode_events(rec.events),
+            claim_blob(rec),
+        ),
+    )
+    return cur.rowcount == 1
+
+
+def find_claimed(conn: Conn, client_id: str, transaction_id: str) -> tuple[TransactionRecord, float | None] | None:
+    """The record under this key and its owner's heartbeat age by the database's clock (None: no heartbeat)."""
+    row = conn.execute(f"SELECT {COLUMNS}, {_HB_AGE} FROM transactions t WHERE {_PK}", (client_id, transaction_id))
+    found = row.fetchone()
+    return None if found is None else (to_record(found), found[13])
+
+
+def heartbeat_age(conn: Conn, owner: str) -> float | None:
+    row = conn.execute("SELECT extract(epoch FROM now() - last_seen)::float8 FROM owners WHERE owner = %s", (owner,))
+    found = row.fetchone()
+    return None if found is None else float(found[0])
+
+
+def complete(
+    conn: Conn, client_id: str, transaction_id: str, owner: str, c: Completion, now: float
+) -> TransactionRecord | None:
+    """PENDING under `owner` -> COMPLETED with the answer, card data erased, in one statement (the trigger of
+    migration 0002 notifies waiters on commit). None: not PENDING under that owner."""
+    row = conn.execute(
+        "UPDATE transactions t SET state = 'COMPLETED', completed_at = %s, sealed_request = NULL,"
+        " response_status = %s, response_body = %s, response_code = %s, approved = %s, authorisation_code = %s,"
+        " outcome = %s, events = cl_trim_events(t.events || %s::bytea[], %s)"
+        f" WHERE {_PK} AND t.state = 'PENDING' AND t.owner = %s RETURNING {COLUMNS}",
+        (
+            now,
+            c.response_status,
+            c.response_body,
+            c.response_code,
+            c.approved,
+            c.authorisation_code,
+            c.outcome,
+            encode_events(c.events),
+            codec.MAX_EVENTS,
+            client_id,
+            transaction_id,
+            owner,
+        ),
+    ).fetchone()
+    return None if row is None else to_record(row)
+
+
+def add_events(conn: Conn, client_id: str, transaction_id: str, events: list[Event], replay: bool) -> bool:
+    cur = conn.execute(
+        f"UPDATE transactions t SET events = cl_trim_events(t.events || %s::bytea[], %s), replays = t.replays + %s"
+        f" WHERE {_PK}",
+        (encode_events(events), codec.MAX_EVENTS, int(replay), client_id, transaction_id),
+    )
+    return cur.rowcount == 1
+
+
+def take_over(
+    conn: Conn, client_id: str, transaction_id: str, dead_owner: str, owner: str, event: Event
+) -> TransactionRecord | None:
+    """PENDING under dead_owner -> under owner, epoch + 1. None if it is not (someone else won, or done)."""
+    row = conn.execute(
+        "UPDATE transactions t SET owner = %s, epoch = t.epoch + 1,"
+        " events = cl_trim_events(t.events || %s::bytea[], %s)"
+        f" WHERE {_PK} AND t.state = 'PENDING' AND t.owner = %s RETURNING {COLUMNS}",
+        (owner, encode_events([event]), codec.MAX_EVENTS, client_id, transaction_id, dead_owner),
+    ).fetchone()
+    return None if row is None else to_record(row)
+
+
+def reserve_block(conn: Conn) -> int:
+    """The next STAN/RRN block number. pg_current_xact_id() gives the statement's transaction an id, so its
+    commit is flushed (synchronous_commit) together with the sequence's WAL: a block handed out is never handed
+    out again after a crash, which a bare nextval() in a read-only transaction does not promise."""
+    row = conn.execute("SELECT nextval('id_blocks'), pg_current_xact_id()").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def heartbeat(conn: Conn, owner: str) -> dict[str, float]:
+    """Record that `owner` lives (the database's clock) and return every owner's heartbeat age in seconds."""
+    conn.execute("INSERT INTO owners (owner) VALUES (%s) ON CONFLICT (owner) DO UPDATE SET last_seen = now()", (owner,))
+    rows = conn.execute("SELECT owner, extract(epoch FROM now() - last_seen)::float8 FROM owners").fetchall()
+    return {str(o): float(age) for o, age in rows}
+
+
+def purge(conn: Conn, older_than: float, limit: int, stale_owner_seconds: float) -> int:
+    with conn.transaction():
+        cur = conn.execute(
+            "DELETE FROM transactions t USING (SELECT client_id, transaction_id FROM transactions"
+            " WHERE state = 'COMPLETED' AND completed_at < %s ORDER BY completed_at LIMIT %s"
+            " FOR UPDATE SKIP LOCKED) old"
+            " WHERE t.client_id = old.client_id AND t.transaction_id = old.transaction_id AND t.state = 'COMPLETED'",
+            (older_than, limit),
+        )
+        conn.execute("DELETE FROM owners WHERE last_seen < now() - make_interval(secs => %s)", (stale_owner_seconds,))
+        return cur.rowcount
+
+
+WHERE = {
+    "rrn": "t.rrn = %s AND t.rrn <> ''",
+    "terminal_stan": "t.terminal_id = %s AND t.stan = %s AND t.stan <> ''",
+    "created_since": "t.created_at >= %s",
+    "transaction_id": "t.transaction_id = %s",
+}
+
+
+def select(conn: Conn, by: str, params: tuple[Any, ...], limit: int) -> list[TransactionRecord]:
+    """Records matching WHERE[by], oldest first."""
+    where = WHERE[by]
+    rows = conn.execute(
+        f"SELECT {COLUMNS} FROM transactions t WHERE {where}"
+        " ORDER BY t.created_at, t.client_id, t.transaction_id LIMIT %s",
+        (*params, limit),
+    ).fetchall()
+    return [to_record(r) for r in rows]

@@ -1,0 +1,80 @@
+"""The store backends the contract suite (tests/test_store_contract.py) runs against, behind one interface.
+
+`backend.open()` starts a store on the backend's one data set (LMDB: a directory; PostgreSQL: this test's
+migrated database) and stops it on exit; opening again reopens the same data, as a restarted worker would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import trio
+
+from cloudlayer.config import StoreConfig
+from cloudlayer.store.lmdb_store import LmdbStore
+
+DEFAULT_CFG = StoreConfig(map_size_mb=4, max_map_size_mb=8)
+
+
+class StoreBackend:
+    name = ""
+
+    def make(self, cfg: StoreConfig | None = None, **kw: Any) -> Any:
+        """A store, not yet running (`run` it in a nursery; `close` it after)."""
+        raise NotImplementedError
+
+    @asynccontextmanager
+    async def open(self, cfg: StoreConfig | None = None, **kw: Any) -> AsyncIterator[Any]:
+        store = self.make(cfg, **kw)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(store.run)
+                yield store
+                nursery.cancel_scope.cancel()
+        finally:
+            store.close()
+
+
+class LmdbBackend(StoreBackend):
+    name = "lmdb"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def make(self, cfg: StoreConfig | None = None, **kw: Any) -> LmdbStore:
+        return LmdbStore(self.path, cfg or DEFAULT_CFG, **kw)
+
+
+class PgBackend(StoreBackend):
+    name = "postgres"
+
+    def __init__(self, database: Any) -> None:
+        from cloudlayer.store.pg import migrate
+        from cloudlayer.store.pg.database import Database
+        from cloudlayer.store.pg.settings import PgSettings
+
+        self.database = database
+        self.settings = PgSettings(
+            dsn=database.dsn,
+            password_file=database.password_file,
+            pool_min=1,
+            pool_max=8,
+            connect_timeout=5.0,
+            pool_timeout=5.0,
+            statement_timeout=5.0,
+        )
+        db = Database(msgspec.structs.replace(self.settings, pool_max=1))
+        db.open_sync()
+        try:
+            db.call_sync(migrate.migrate)
+        finally:
+            db.close()
+
+    def make(self, cfg: StoreConfig | None = None, **kw: Any) -> Any:
+        from cloudlayer.store.pg.store import PgStore
+
+        return PgStore(self.settings, cfg or DEFAULT_CFG, **kw)
