@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deps-installed
 CONFIG ?= configs/dev.toml
 
-.PHONY: run test install native lint typecheck rust-test py-test wheel-check bench reliability fuzz clean
+.PHONY: run test install native postgres lint typecheck rust-test py-test wheel-check bench reliability fuzz clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-py-test: native
+# PostgreSQL's server binaries from Debian's packages when absent, and the unprivileged user the tests' throw-away
+# clusters run as (tests/pg_cluster.py); no system cluster is created or started.
+postgres:
+	bash scripts/ensure-postgres.sh >/dev/null
+
+py-test: native postgres
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 test: rust-test native lint typecheck py-test
@@ -54,7 +59,7 @@ wheel-check: $(STAMP)
 	cd /tmp && /tmp/cloudlayer-wheel-venv/bin/python -c "import cloudlayer._native as n, cloudlayer.emv as e; print('wheel ok', n.__version__, e.decode('9F02060000000010009A03261126'))"
 
 # Load and micro benchmarks, baselines side by side (bench/README.md); BENCH_ARGS="--quick" for a short run.
-bench: native
+bench: native postgres
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 # The long forms of the reliability suite (chaos, soak, card-data scan; the short forms run in `make test`),

@@ -209,3 +209,28 @@ def simulator(tmp_path: Path) -> Iterator[Any]:
 def connector_kind(request: pytest.FixtureRequest) -> str:
     """Which acquirer connector a test runs against (tests/connector_kinds.py starts the matching simulator)."""
     return str(request.param)
+
+
+# --- PostgreSQL: one throw-away cluster per session, a fresh database per test -------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """initdb + postgres on a free loopback port as an unprivileged user (tests/pg_cluster.py). Installs
+    PostgreSQL from Debian's packages when absent; never skipped (CI must run these tests)."""
+    from pg_cluster import PgCluster
+
+    cluster = PgCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_database(pg_cluster: Any) -> Iterator[Any]:
+    """An empty database owned by the app role, dropped after the test."""
+    db = pg_cluster.create_database()
+    yield db
+    pg_cluster.drop_database(db)

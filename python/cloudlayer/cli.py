@@ -53,12 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .backup import commands as backup_commands
     from .oauth import commands as oauth_commands
     from .store import commands as store_commands
+    from .store.pg import commands as db_commands
 
     audit_commands.mark(p, "host start")
 
     oauth_commands.register(sub, common)
     acquirer_commands.register(sub, common)
     store_commands.register(sub, common)
+    db_commands.register(sub, common)
     try_command.register(sub, common)
     audit_commands.register(sub, common)
     backup_commands.register(sub, common)

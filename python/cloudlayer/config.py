@@ -77,7 +77,8 @@ class OAuthConfig(_Section):
 
 
 class StoreConfig(_Section):
-    backend: Literal["lmdb"] = "lmdb"
+    # "lmdb": the embedded store under var/ (one machine). "postgres": a shared PostgreSQL (docs/postgres.md).
+    backend: Literal["lmdb", "postgres"] = "lmdb"
     path: str = "store"
     map_size_mb: int = 1024
     # Grow the map by this factor when it fills, up to max_map_size_mb; past that: a clear error.
@@ -88,6 +89,16 @@ class StoreConfig(_Section):
     purge_interval: float = 3600.0
     # A PENDING record whose owner has not refreshed its heartbeat for this long is treated as orphaned.
     owner_timeout: float = 10.0
+    # backend = "postgres" (store/pg/settings.py checks these): a libpq DSN without a password, e.g.
+    # "host=db.internal port=5432 dbname=cloudlayer user=cloudlayer sslmode=verify-full"; the password is read
+    # from postgres_password_file (0600, relative to the working directory), never from the TOML.
+    postgres_dsn: str = ""
+    postgres_password_file: str = ""
+    postgres_pool_min: int = 2  # connections per worker process kept open
+    postgres_pool_max: int = 16  # ... and at most
+    postgres_connect_timeout: float = 5.0  # seconds for one connection attempt
+    postgres_pool_timeout: float = 5.0  # seconds to wait for a free pooled connection
+    postgres_statement_timeout: float = 5.0  # seconds, server-side, for every statement
 
 
 class HttpAcquirerConfig(_Section):
@@ -285,6 +296,10 @@ def _check(cfg: Config) -> None:
         raise bad("store.map_size_mb", "must be >= 1 and <= store.max_map_size_mb")
     if cfg.store.group_commit_max < 1:
         raise bad("store.group_commit_max", "must be at least 1")
+    if cfg.store.backend == "postgres":
+        from .store.pg.settings import check_config
+
+        check_config(cfg, bad)
     if cfg.acquirer.timeout <= 0 or cfg.acquirer.connect_timeout <= 0:
         raise bad("acquirer.timeout", "timeouts must be positive")
     acq = cfg.acquirer

@@ -149,7 +149,12 @@ def startup_banner(cfg: Config, listen: Sequence[str], metrics_urls: Sequence[st
         tls += ", HTTP/2 and HTTP/1.1" if server.http2 else ", HTTP/1.1"
         lines.append(f"  TLS       {tls}")
     lines.append(f"  workers   {server.workers}")
-    lines.append(f"  store     {cfg.store.backend} at {cfg.var_path(cfg.store.path)}")
+    if cfg.store.backend == "postgres":
+        from .store.pg.settings import PgSettings
+
+        lines.append(f"  store     postgres at {PgSettings.from_config(cfg).describe()}")
+    else:
+        lines.append(f"  store     {cfg.store.backend} at {cfg.var_path(cfg.store.path)}")
     acquirer = cfg.acquirer
     if acquirer.mode == "simulator":
         lines.append("  acquirer  built-in simulator (in-process)")
@@ -183,6 +188,10 @@ def serve(
     hc.application_path = application_path
     sim_cfg = devmode.embedded_simulator_config(cfg) if cfg.acquirer.mode == "simulator" else None
     check_client_files(cfg)
+    if cfg.store.backend == "postgres":
+        from .store.pg.migrate import check_before_serving
+
+        check_before_serving(cfg)  # reachable, and migrated to exactly this build's schema version
     if cfg.metrics.enabled:
         metrics.prepare_multiprocess_dir(cfg.var_path("metrics"))
     try:

@@ -1,0 +1,91 @@
+"""`cloudlayer db migrate|status`: the PostgreSQL store's schema (store.backend = "postgres")."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from ...config import Config, load_config
+
+if TYPE_CHECKING:
+    from .database import Database
+
+# psycopg is imported only when a `db` command runs: every other command starts without it.
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    db = sub.add_parser("db", help='the PostgreSQL store\'s schema (store.backend = "postgres")')
+    dsub = db.add_subparsers(dest="db_command", required=True)
+    m = dsub.add_parser("migrate", parents=[common], help="apply every pending schema migration (one transaction)")
+    m.set_defaults(func=_cmd_migrate)
+    s = dsub.add_parser("status", parents=[common], help="schema version applied, known to this build, pending")
+    s.add_argument("--json", action="store_true", help="JSON output")
+    s.set_defaults(func=_cmd_status)
+
+
+def _database(args: argparse.Namespace) -> Database | None:
+    from .database import Database
+    from .settings import PgSettings
+
+    cfg: Config = load_config(getattr(args, "config", None))
+    if cfg.store.backend != "postgres":
+        print(f'cloudlayer: store.backend is "{cfg.store.backend}": `db` is for "postgres" only', file=sys.stderr)
+        return None
+    settings = PgSettings.from_config(cfg)
+    db = Database(msgspec.structs.replace(settings, pool_min=1, pool_max=1), application_name="cloudlayer-db-command")
+    db.open_sync()
+    return db
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from . import migrate as migrations
+    from .database import DatabaseUnavailable
+
+    try:
+        db = _database(args)
+        if db is None:
+            return 2
+        try:
+            applied = db.call_sync(migrations.migrate)
+        finally:
+            db.close()
+    except (DatabaseUnavailable, migrations.SchemaError) as e:
+        print(f"cloudlayer: {e}", file=sys.stderr)
+        return 1
+    if applied:
+        print(f"applied migrations {', '.join(map(str, applied))}; schema at version {applied[-1]}")
+    else:
+        print(f"schema up to date at version {migrations.LATEST}")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from . import migrate as migrations
+    from .database import DatabaseUnavailable
+
+    try:
+        db = _database(args)
+        if db is None:
+            return 2
+        try:
+            st = db.call_sync(migrations.status)
+        finally:
+            db.close()
+    except (DatabaseUnavailable, migrations.SchemaError) as e:
+        print(f"cloudlayer: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(msgspec.to_builtins(st) | {"ok": st.ok}, indent=2))
+    else:
+        print(f"schema version {st.current} (this build knows {st.latest})")
+        for a in st.applied:
+            print(f"  {a.version:04d} {a.name:32} applied {a.applied_at}")
+        for v in st.pending:
+            print(f"  {v:04d} pending: run `cloudlayer db migrate`")
+        for p in st.problems:
+            print(f"  problem: {p}")
+    return 0 if st.ok else 1
