@@ -29,6 +29,7 @@ from ...observability import metrics
 from ...sealing import Sealer
 from ..backoff import backoff_delay
 from ..saf import DONE_RETENTION, SafItem, SafQueue, entry_key, owner_id
+from ..saf_store import SafStore
 from ..types import (
     AcquirerRequest,
     AcquirerResponse,
@@ -71,7 +72,9 @@ class _SendState:
 class HttpConnector:
     """`Connector` for the payment host. Start `run` in a nursery; `aclose` (or cancelling it) stops it."""
 
-    def __init__(self, config: AcquirerConfig, saf_path: Path, sealer: Sealer, *, base_dir: str = ".") -> None:
+    def __init__(
+        self, config: AcquirerConfig, saf_path: Path | SafStore, sealer: Sealer, *, base_dir: str = "."
+    ) -> None:
         self._cfg = config
         h = config.http
         self._base = h.base_url.rstrip("/")
@@ -90,7 +93,8 @@ class HttpConnector:
             retry_min=h.token_retry_min,
             retry_max=h.token_retry_max,
         )
-        self._saf = SafQueue(saf_path, sealer)
+        # A path: the LMDB queue there; else the SafStore the factory chose (store.backend = "postgres").
+        self._saf: SafStore = SafQueue(saf_path, sealer) if isinstance(saf_path, Path) else saf_path
         self._owner = owner_id()
         self._host_up = False
         self._last_ok = 0.0
@@ -108,7 +112,7 @@ class HttpConnector:
         self.token_resends = 0
 
     @classmethod
-    def from_config(cls, cfg: Config, saf_path: Path, sealer: Sealer) -> HttpConnector:
+    def from_config(cls, cfg: Config, saf_path: Path | SafStore, sealer: Sealer) -> HttpConnector:
         return cls(cfg.acquirer, saf_path, sealer, base_dir=cfg.base_dir)
 
     # --- the Connector protocol -------------------------------------------------------------------------
@@ -402,7 +406,9 @@ class HttpConnector:
                 await self._saf_wakeup.wait()
 
     async def _deliver_reversal(self, item: SafItem) -> None:
-        await trio.to_thread.run_sync(self._saf.record_attempt, item.key, self._owner)
+        if not await trio.to_thread.run_sync(self._saf.record_attempt, item.key, self._owner):
+            log.info("reversal_lease_lost", stan=item.request.stan)  # another owner has it, or it is done
+            return
         try:
             answer = await self._reverse(item.request, _SendState())
         except (_NotSent, _Unknown) as e:
