@@ -18,6 +18,8 @@ from psycopg import sql
 from cloudlayer.acquirer.connector import Iso8583Connector
 from cloudlayer.acquirer.messages import reversal_for
 from cloudlayer.acquirer.saf import entry_key
+from cloudlayer.acquirer.types import AcquirerRequest
+from cloudlayer.store.pg.settings import PgSettings
 from saf_backends import migrated, pg_saf
 from test_acquirer_support import SEALER, acquirer_config, request, running_connector, running_simulator, wait_until
 
@@ -95,6 +97,25 @@ time.sleep(600)
 """
 
 
+def _host_a_leases_then_dies(settings: PgSettings, reversal: AcquirerRequest) -> None:
+    host_a = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, msgspec.json.encode(settings, enc_hook=str).decode(), str(LEASE)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        assert host_a.stdin is not None and host_a.stdout is not None and host_a.stderr is not None
+        host_a.stdin.write(msgspec.msgpack.encode(reversal).hex().encode() + b"\n")
+        host_a.stdin.close()
+        line = host_a.stdout.readline()
+        assert line == b"leased\n", host_a.stderr.read()
+    finally:
+        host_a.send_signal(signal.SIGKILL)
+        host_a.wait(timeout=10)
+
+
 async def test_a_reversal_leased_by_a_killed_host_is_forwarded_once_by_another(
     pg_database: Any, tmp_path: Path
 ) -> None:
@@ -107,21 +128,8 @@ async def test_a_reversal_leased_by_a_killed_host_is_forwarded_once_by_another(
         reversal = reversal_for(first.prepare(purchase), cfg.purchase_mti, cfg.acquirer_institution_id)
 
         # Host A: a real process that queues the reversal, leases it for delivery, and is SIGKILLed.
-        host_a = subprocess.Popen(
-            [sys.executable, "-c", _HOLDER, msgspec.json.encode(settings, enc_hook=str).decode(), str(LEASE)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-        )
-        assert host_a.stdin is not None and host_a.stdout is not None
-        host_a.stdin.write(msgspec.msgpack.encode(reversal).hex().encode() + b"\n")
-        host_a.stdin.close()
-        line = await trio.to_thread.run_sync(host_a.stdout.readline)
+        await trio.to_thread.run_sync(_host_a_leases_then_dies, settings, reversal)
         leased_at = time.monotonic()
-        assert line == b"leased\n", host_a.stderr.read() if host_a.stderr else b""
-        host_a.send_signal(signal.SIGKILL)
-        host_a.wait(timeout=10)
 
         # Host B: another connector on the same database, its own owner id.
         saf_b = pg_saf(settings, SEALER)
