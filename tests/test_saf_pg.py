@@ -155,3 +155,40 @@ async def test_a_reversal_leased_by_a_killed_host_is_forwarded_once_by_another(
         assert check.entries() == [] and check.known(entry_key(reversal)) is True
     finally:
         check.close()
+
+
+def test_the_config_picks_the_postgres_queue_for_connectors_and_saf_commands(pg_database: Any, tmp_path: Path) -> None:
+    from cloudlayer.acquirer.factory import build_connector
+    from cloudlayer.config import load_config
+    from cloudlayer.sealing import Sealer
+    from cloudlayer.store.pg.saf import PgSafQueue
+    from conftest import VENV_BIN, write_config
+
+    settings = migrated(pg_database)
+    config = write_config(tmp_path / "host.toml", {"store": pg_database.store_section()})
+    cfg = load_config(config, environ={})
+    sealer = Sealer.from_config(cfg)
+    connector = build_connector(cfg, sealer)
+    saf = connector._saf  # type: ignore[attr-defined]
+    assert isinstance(saf, PgSafQueue)
+    saf.close()
+    q = pg_saf(settings, sealer)  # the host's own sealing key ring, as the commands open it
+    try:
+        q.add(reversal_for(request(51), "0200", "123456"), "timeout")
+        [item] = q.claim_due("host-a", lease_seconds=30)
+        q.release(item.key, "host-a", retry_in=3600, error="link down")
+    finally:
+        q.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDLAYER_")}
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        cmd = [str(VENV_BIN / "cloudlayer"), *argv, "--config", str(config)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, check=False)
+
+    listed = run("saf", "list")
+    assert listed.returncode == 0, listed.stderr
+    [row] = msgspec.json.decode(listed.stdout)
+    assert (row["stan"], row["attempts"], row["last_error"]) == ("000051", 0, "link down")
+    assert "4761" not in listed.stdout
+    retried = run("saf", "retry")
+    assert retried.returncode == 0 and retried.stdout.startswith("1 reversal(s) made due now"), retried.stderr
