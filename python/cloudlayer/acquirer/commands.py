@@ -5,8 +5,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import sys
+from typing import TYPE_CHECKING
 
 from ..audit import commands as audit
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from .saf_store import SafStore
 
 
 def _cmd_simulator(args: argparse.Namespace) -> int:
@@ -77,40 +83,56 @@ def _cmd_simulator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _saf_name(cfg: Config) -> str:
+    if cfg.store.backend == "postgres":
+        return "saf:postgres"
+    return f"saf:{cfg.var_path(cfg.acquirer.saf_path)}"
+
+
 def _cmd_saf(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..sealing import Sealer
-    from .saf import SafQueue
+    from .saf_store import open_saf
 
     cfg = load_config(args.config)
-    queue = SafQueue(cfg.var_path(cfg.acquirer.saf_path), Sealer.from_config(cfg))
+    unavailable: tuple[type[Exception], ...] = ()
+    if cfg.store.backend == "postgres":  # psycopg is imported only then
+        from ..store.pg.database import DatabaseUnavailable
+
+        unavailable = (DatabaseUnavailable,)
+    queue = open_saf(cfg, Sealer.from_config(cfg), application_name="cloudlayer-saf-command")
     try:
-        if args.saf_command == "retry":
-            n = queue.make_all_due()
-            audit.note(args, obj=f"saf:{cfg.var_path(cfg.acquirer.saf_path)}", detail={"made_due": n})
-            print(f"{n} reversal(s) made due now; a running host retries them on its next pass")
-            return 0
-        rows = [
-            {
-                "terminal_id": e.terminal_id,
-                "stan": e.stan,
-                "rrn": e.rrn,
-                "amount": e.amount,
-                "original_mti": e.original_mti,
-                "reason": e.reason,
-                "attempts": e.attempts,
-                "queued": datetime.datetime.fromtimestamp(e.created, datetime.UTC).isoformat(timespec="seconds"),
-                "next_attempt": datetime.datetime.fromtimestamp(e.next_attempt, datetime.UTC).isoformat(
-                    timespec="seconds"
-                ),
-                "last_error": e.last_error,
-            }
-            for _, e in queue.entries()
-        ]
-        print(json.dumps(rows, indent=2))
-        return 0
+        return _saf_command(args, cfg, queue)
+    except unavailable as e:
+        print(f"cloudlayer: {e}", file=sys.stderr)
+        return 1
     finally:
         queue.close()
+
+
+def _saf_command(args: argparse.Namespace, cfg: Config, queue: SafStore) -> int:
+    if args.saf_command == "retry":
+        n = queue.make_all_due()
+        audit.note(args, obj=_saf_name(cfg), detail={"made_due": n})
+        print(f"{n} reversal(s) made due now; a running host retries them on its next pass")
+        return 0
+    rows = [
+        {
+            "terminal_id": e.terminal_id,
+            "stan": e.stan,
+            "rrn": e.rrn,
+            "amount": e.amount,
+            "original_mti": e.original_mti,
+            "reason": e.reason,
+            "attempts": e.attempts,
+            "queued": datetime.datetime.fromtimestamp(e.created, datetime.UTC).isoformat(timespec="seconds"),
+            "next_attempt": datetime.datetime.fromtimestamp(e.next_attempt, datetime.UTC).isoformat(timespec="seconds"),
+            "last_error": e.last_error,
+        }
+        for _, e in queue.entries()
+    ]
+    print(json.dumps(rows, indent=2))
+    return 0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:

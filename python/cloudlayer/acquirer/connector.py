@@ -30,6 +30,7 @@ from .codec import EncodeError, FrameError, FrameReader, Framing, Message, decod
 from .link import Key, _Link, _NotSent, _Pending, _SendState, _Unknown
 from .messages import build_request, network_request, parse_response, request_mti, reversal_for
 from .saf import DONE_RETENTION, SafItem, SafQueue, entry_key, owner_id
+from .saf_store import SafStore
 from .tls import client_context, connect_failure
 from .types import (
     AcquirerRequest,
@@ -49,7 +50,7 @@ class Iso8583Connector:
     def __init__(
         self,
         config: AcquirerConfig,
-        saf_path: Path,
+        saf_path: Path | SafStore,
         sealer: Sealer,
         *,
         host: str | None = None,
@@ -62,7 +63,8 @@ class Iso8583Connector:
         # Built once (files read at start, not per reconnect); from the config's paths as given if not passed.
         self._tls = tls_context or client_context(config)
         self._framing = Framing(config.length_prefix)
-        self._saf = SafQueue(saf_path, sealer)
+        # A path: the LMDB queue there; else the SafStore the factory chose (store.backend = "postgres").
+        self._saf: SafStore = SafQueue(saf_path, sealer) if isinstance(saf_path, Path) else saf_path
         self._owner = owner_id()
         self._links = [_Link(i) for i in range(config.connections)]
         self._pending: dict[Key, _Pending] = {}
@@ -441,7 +443,9 @@ class Iso8583Connector:
     async def _deliver_reversal(self, item: SafItem) -> None:
         # The first send is an 0400; once one may have gone out, every later one is the repeat 0401.
         mti = "0401" if item.attempts > 0 else "0400"
-        await trio.to_thread.run_sync(self._saf.record_attempt, item.key, self._owner)
+        if not await trio.to_thread.run_sync(self._saf.record_attempt, item.key, self._owner):
+            log.info("reversal_lease_lost", stan=item.request.stan)  # another owner has it, or it is done
+            return
         try:
             msg = build_request(item.request, mti, self._cfg.acquirer_institution_id)
             reply = await self._exchange(msg, _SendState())

@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 from ..config import Config, ConfigError
 from ..sealing import Sealer
+from .saf_store import SafStore, open_saf
 from .types import Connector
 
 
 def build_connector(cfg: Config, sealer: Sealer) -> Connector:
+    # The LMDB queue is opened by the connector from its path; PostgreSQL's (store.backend) is built here.
     saf_path = cfg.var_path(cfg.acquirer.saf_path)
+    saf: Path | SafStore = open_saf(cfg, sealer) if cfg.store.backend == "postgres" else saf_path
     kind = cfg.acquirer.kind
     if kind == "http":
         from .payment_host.connector import HttpConnector
 
-        return HttpConnector.from_config(cfg, saf_path, sealer)
+        return HttpConnector.from_config(cfg, saf, sealer)
     if kind == "custom":
         return _custom(cfg, sealer)
     from .connector import Iso8583Connector
     from .tls import client_context
 
     # The TLS context is checked once at start (server.serve), so a bad file stops the start with one line.
-    return Iso8583Connector(cfg.acquirer, saf_path, sealer, tls_context=client_context(cfg.acquirer, cfg.var_path))
+    return Iso8583Connector(cfg.acquirer, saf, sealer, tls_context=client_context(cfg.acquirer, cfg.var_path))
 
 
 def _custom(cfg: Config, sealer: Sealer) -> Connector:

@@ -195,16 +195,19 @@ class SafQueue:
                     n += 1
         return n
 
-    def record_attempt(self, key: bytes, owner: str) -> None:
-        """Count a send before making it, so the next one is a repeat (0401) even if this process dies."""
+    def record_attempt(self, key: bytes, owner: str) -> bool:
+        """Count a send before making it, so the next one is a repeat (0401) even if this process dies.
+        False when `owner` no longer holds the entry's lease (expired and taken, or acknowledged): do not send."""
         with self._env.begin(write=True) as txn:
             raw = txn.get(key, db=self._pending)
             if raw is None:
-                return
+                return False
             entry = _entry_decoder.decode(raw)
-            if entry.lease_owner == owner:
-                entry.attempts += 1
-                txn.put(key, _encoder.encode(entry), db=self._pending)
+            if entry.lease_owner != owner or entry.lease_until <= time.time():
+                return False
+            entry.attempts += 1
+            txn.put(key, _encoder.encode(entry), db=self._pending)
+            return True
 
     def entries(self) -> list[tuple[bytes, SafEntry]]:
         with self._env.begin() as txn:

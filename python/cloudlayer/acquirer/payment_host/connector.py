@@ -30,6 +30,7 @@ from ...sealing import Sealer
 from .. import spec
 from ..backoff import backoff_delay
 from ..saf import DONE_RETENTION, SafItem, SafQueue, entry_key, owner_id
+from ..saf_store import SafStore
 from ..types import (
     AcquirerRequest,
     AcquirerResponse,
@@ -72,7 +73,9 @@ class _SendState:
 class HttpConnector:
     """`Connector` for the payment host. Start `run` in a nursery; `aclose` (or cancelling it) stops it."""
 
-    def __init__(self, config: AcquirerConfig, saf_path: Path, sealer: Sealer, *, base_dir: str = ".") -> None:
+    def __init__(
+        self, config: AcquirerConfig, saf_path: Path | SafStore, sealer: Sealer, *, base_dir: str = "."
+    ) -> None:
         self._cfg = config
         h = config.http
         self._base = h.base_url.rstrip("/")
@@ -91,7 +94,8 @@ class HttpConnector:
             retry_min=h.token_retry_min,
             retry_max=h.token_retry_max,
         )
-        self._saf = SafQueue(saf_path, sealer)
+        # A path: the LMDB queue there; else the SafStore the factory chose (store.backend = "postgres").
+        self._saf: SafStore = SafQueue(saf_path, sealer) if isinstance(saf_path, Path) else saf_path
         self._owner = owner_id()
         self._host_up = False
         self._last_ok = 0.0
@@ -109,7 +113,7 @@ class HttpConnector:
         self.token_resends = 0
 
     @classmethod
-    def from_config(cls, cfg: Config, saf_path: Path, sealer: Sealer) -> HttpConnector:
+    def from_config(cls, cfg: Config, saf_path: Path | SafStore, sealer: Sealer) -> HttpConnector:
         return cls(cfg.acquirer, saf_path, sealer, base_dir=cfg.base_dir)
 
     # --- the Connector protocol -------------------------------------------------------------------------
@@ -407,7 +411,9 @@ class HttpConnector:
                 await self._saf_wakeup.wait()
 
     async def _deliver_reversal(self, item: SafItem) -> None:
-        await trio.to_thread.run_sync(self._saf.record_attempt, item.key, self._owner)
+        if not await trio.to_thread.run_sync(self._saf.record_attempt, item.key, self._owner):
+            log.info("reversal_lease_lost", stan=item.request.stan)  # another owner has it, or it is done
+            return
         try:
             answer = await self._reverse(item.request, _SendState())
         except (_NotSent, _Unknown) as e:
