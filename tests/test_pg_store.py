@@ -206,8 +206,10 @@ async def test_unreachable_database_fails_the_store_cleanly(pg: PgBackend) -> No
 def test_record_columns_round_trip() -> None:
     from cloudlayer.store.pg import rows
 
-    r = rec(sealed_request=b"s")
+    r = rec(sealed_request=b"s", card_key=b"\xcc" * 32, reversed_by="r9")
     blob = rows.claim_blob(r)
-    back = rows.to_record(("PENDING", "me", None, b"s", 0, b"", "", False, None, "", 0, [], blob))
+    back = rows.to_record(("PENDING", "me", None, b"s", 0, b"", "", False, None, "", 0, [], blob, "r9"))
     assert back == msgspec.structs.replace(r, owner="me", events=[])
     assert back.state is State.PENDING and isinstance(back, TransactionRecord)
+    # The hold lives in its column only: the claim-time blob never carries one.
+    assert rows.to_record(("PENDING", "me", None, b"s", 0, b"", "", False, None, "", 0, [], blob, "")).reversed_by == ""

@@ -1,6 +1,6 @@
 """The claim's second and third keys, on the store's own atomic steps: the card key (issue 16) and a REVERSAL's
 hold on its original (issue 11). Written against the TransactionStore Protocol (`open_backend`), so that a
-second backend runs the same cases; here the real LMDB file.
+second backend runs the same cases: each on the real LMDB file and on real PostgreSQL (`store_backend`).
 
 Also the card key itself (cloudlayer.cardkey): keyed, per client, the ATC first and the cryptogram in its
 place, none without a PAN.
@@ -118,8 +118,8 @@ def test_card_key_file_is_created_0600_and_kept(tmp_path: Path) -> None:
     assert CardKeys.from_file(path).key("c", _card(SAMPLE_EMV_HEX)) == first  # the next start reads the same
 
 
-async def test_same_card_key_under_another_id_is_refused_and_writes_nothing(tmp_path: Path) -> None:
-    async with open_backend(tmp_path / "s") as store:
+async def test_same_card_key_under_another_id_is_refused_and_writes_nothing(store_backend: Any) -> None:
+    async with store_backend.open() as store:
         assert (await store.claim(rec("t1", card_key=KEY_A))).outcome is ClaimOutcome.NEW
         dup = await store.claim(rec("t2", card_key=KEY_A))
         assert dup.outcome is ClaimOutcome.DUPLICATE_CARD and dup.record.transaction_id == "t1"
@@ -137,8 +137,8 @@ async def test_same_card_key_under_another_id_is_refused_and_writes_nothing(tmp_
         assert (await store.claim(rec("t5"))).outcome is ClaimOutcome.NEW
 
 
-async def test_same_card_key_at_the_same_moment_one_wins(tmp_path: Path) -> None:
-    async with open_backend(tmp_path / "s") as store:
+async def test_same_card_key_at_the_same_moment_one_wins(store_backend: Any) -> None:
+    async with store_backend.open() as store:
         outcomes: list[ClaimOutcome] = []
 
         async def one(i: int) -> None:
@@ -152,8 +152,8 @@ async def test_same_card_key_at_the_same_moment_one_wins(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("card_key", [b"\x01" * 31, b"\x01" * 33])
-async def test_card_key_of_the_wrong_size_is_refused(tmp_path: Path, card_key: bytes) -> None:
-    async with open_backend(tmp_path / "s") as store:
+async def test_card_key_of_the_wrong_size_is_refused(store_backend: Any, card_key: bytes) -> None:
+    async with store_backend.open() as store:
         with pytest.raises(InvalidRecord, match="card_key"):
             await store.claim(rec("t1", card_key=card_key))
         with pytest.raises(InvalidRecord, match="reversed_by"):
@@ -189,8 +189,8 @@ async def test_card_key_is_purged_with_its_record_and_checked(tmp_path: Path) ->
 # ---- one effective reversal per original -----------------------------------------------------------------
 
 
-async def test_reversal_claim_holds_its_original_and_completion_settles_it(tmp_path: Path) -> None:
-    async with open_backend(tmp_path / "s") as store:
+async def test_reversal_claim_holds_its_original_and_completion_settles_it(store_backend: Any) -> None:
+    async with store_backend.open() as store:
         await approved_original(store)
         assert (await store.claim(reversal("r1", "o1"))).outcome is ClaimOutcome.NEW
         held = await store.get("c1", "o1")
@@ -208,8 +208,8 @@ async def test_reversal_claim_holds_its_original_and_completion_settles_it(tmp_p
         assert after.record.reversed_by == "r1"
 
 
-async def test_a_reversal_stored_for_forwarding_counts_and_a_declined_one_releases(tmp_path: Path) -> None:
-    async with open_backend(tmp_path / "s") as store:
+async def test_a_reversal_stored_for_forwarding_counts_and_a_declined_one_releases(store_backend: Any) -> None:
+    async with store_backend.open() as store:
         await approved_original(store, "o1")
         await approved_original(store, "o2")
         await store.claim(reversal("r1", "o1"))
@@ -226,8 +226,8 @@ async def test_a_reversal_stored_for_forwarding_counts_and_a_declined_one_releas
         assert (await store.claim(reversal("r3", "o2"))).outcome is ClaimOutcome.NEW
 
 
-async def test_two_reversals_at_the_same_moment_one_is_claimed(tmp_path: Path) -> None:
-    async with open_backend(tmp_path / "s") as store:
+async def test_two_reversals_at_the_same_moment_one_is_claimed(store_backend: Any) -> None:
+    async with store_backend.open() as store:
         await approved_original(store)
         claims: list[Any] = []
 
@@ -254,9 +254,9 @@ async def test_two_reversals_at_the_same_moment_one_is_claimed(tmp_path: Path) -
     ],
 )
 async def test_reversal_refusals_write_nothing(
-    tmp_path: Path, setup: str, changes: dict[str, Any], why: OriginalRefusal
+    store_backend: Any, setup: str, changes: dict[str, Any], why: OriginalRefusal
 ) -> None:
-    async with open_backend(tmp_path / "s") as store:
+    async with store_backend.open() as store:
         target = "o1"
         if setup == "pending":
             await store.claim(rec("o1"))
@@ -277,14 +277,13 @@ async def test_reversal_refusals_write_nothing(
         assert await store.get("c1", target) == before  # the original untouched
 
 
-async def test_a_crash_between_claim_and_complete_leaves_the_hold_for_recovery(tmp_path: Path) -> None:
+async def test_a_crash_between_claim_and_complete_leaves_the_hold_for_recovery(store_backend: Any) -> None:
     """The hold is in the claim's commit, the mark in the completion's: a worker dying in between leaves the
     reversal PENDING and its original held, and whoever completes the reversal (recovery) marks it."""
-    path = tmp_path / "s"
-    async with open_backend(path) as store:
+    async with store_backend.open() as store:
         await approved_original(store)
         await store.claim(reversal("r1", "o1"))
-    async with open_backend(path) as store:  # "restarted"; recovery completes it (as its take-over would)
+    async with store_backend.open() as store:  # "restarted"; recovery completes it (as its take-over would)
         held = await store.get("c1", "o1")
         assert held is not None and held.reversed_by == "r1"
         pending = await store.get("c1", "r1")
@@ -292,4 +291,5 @@ async def test_a_crash_between_claim_and_complete_leaves_the_hold_for_recovery(t
         assert (await store.claim(reversal("r2", "o1"))).refusal is OriginalRefusal.IN_PROGRESS
         await store.complete("c1", "r1", done())
         assert (await store.claim(reversal("r2", "o1"))).refusal is OriginalRefusal.ALREADY_REVERSED
-    assert scan_store(path).ok
+    if store_backend.name == "lmdb":
+        assert scan_store(store_backend.path).ok

@@ -75,17 +75,18 @@ class Services:
             metrics.REVERSALS.labels("queued").inc(c.reversals_queued - reversals)
             late, reversals = c.late_answers, c.reversals_queued
             try:
-                depth, oldest, (used, limit) = await trio.to_thread.run_sync(self._read_stores)
+                depth, oldest, usage = await trio.to_thread.run_sync(self._read_stores)
             except lmdb.Error:
                 pass  # a store closing under us at shutdown: this sample is skipped, nothing else
             else:
                 metrics.SAF_QUEUE_DEPTH.set(depth)
                 metrics.SAF_OLDEST_AGE.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
-                metrics.STORE_MAP_USED.set(used)
-                metrics.STORE_MAP_MAX.set(limit)
+                if usage is not None:  # a store without a map (PostgreSQL) exports neither
+                    metrics.STORE_MAP_USED.set(usage[0])
+                    metrics.STORE_MAP_MAX.set(usage[1])
             await trio.sleep(1.0)
 
-    def _read_stores(self) -> tuple[int, float | None, tuple[int, int]]:
+    def _read_stores(self) -> tuple[int, float | None, tuple[int, int] | None]:
         return self.connector.saf_depth, self.connector.saf_oldest_created(), self.store.map_usage()
 
     def close(self) -> None:

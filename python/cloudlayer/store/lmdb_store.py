@@ -571,7 +571,7 @@ class LmdbStore:
         """The current map size in bytes (for metrics and tests)."""
         return int(self._env.info()["map_size"])
 
-    def map_usage(self) -> tuple[int, int]:
+    def map_usage(self) -> tuple[int, int] | None:
         """(bytes of the map in use, store.max_map_size_mb in bytes): past the second, writes fail."""
         used = (int(self._env.info()["last_pgno"]) + 1) * int(self._env.stat()["psize"])
         return used, self._max_map

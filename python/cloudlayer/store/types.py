@@ -189,4 +189,9 @@ class TransactionStore(Protocol):
         """For /readyz: the writer is running and its last commit succeeded."""
         ...
 
+    def map_usage(self) -> tuple[int, int] | None:
+        """(bytes in use, the most it may use) for a store with a fixed-size map (the near-limit alert); None
+        for a store without one. Blocking: call it in a thread."""
+        ...
+
     def close(self) -> None: ...

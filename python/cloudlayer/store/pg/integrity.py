@@ -19,7 +19,7 @@ from ..integrity import IntegrityReport, Problem, _check_record
 from ..owner import OwnerId, local_owner_alive
 from ..types import State
 from .database import Conn
-from .rows import COLUMNS, to_record
+from .rows import COLUMNS, N_COLUMNS, to_record
 
 _BATCH = 500
 
@@ -69,7 +69,7 @@ def _check_row(
     row: tuple[Any, ...], report: IntegrityReport, now: float, pending_max_age: float, owner_timeout: float
 ) -> None:
     report.records += 1
-    client_id, transaction_id, fingerprint, rrn, terminal_id, stan, created_at, hb_age = row[13:21]
+    client_id, transaction_id, fingerprint, rrn, terminal_id, stan, created_at, hb_age = row[N_COLUMNS : N_COLUMNS + 8]
     key = codec.record_key(client_id, transaction_id)
     k = f"{client_id}/{transaction_id}"
     try:
@@ -81,7 +81,7 @@ def _check_row(
     if columns != (client_id, transaction_id, fingerprint, rrn, terminal_id, stan, created_at):
         report.problems.append(Problem("columns", k, "record fields disagree with the row's indexed columns"))
     # store/integrity.py's per-record checks, its orphan check off (owners elsewhere are judged below).
-    _check_record(rec, key, _stored_bytes(row[:13]), now, float("inf"), report)
+    _check_record(rec, key, _stored_bytes(row[:N_COLUMNS]), now, float("inf"), report)
     if rec.state is State.PENDING:
         age = now - rec.created_at
         if age > pending_max_age and _owner_dead(rec.owner, hb_age, owner_timeout):

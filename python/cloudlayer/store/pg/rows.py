@@ -24,8 +24,9 @@ _event_decoder = msgspec.msgpack.Decoder(Event)
 # Columns that rebuild a TransactionRecord (to_record), in this order.
 COLUMNS = (
     "t.state, t.owner, t.completed_at, t.sealed_request, t.response_status, t.response_body, t.response_code,"
-    " t.approved, t.authorisation_code, t.outcome, t.replays, t.events, t.record"
+    " t.approved, t.authorisation_code, t.outcome, t.replays, t.events, t.record, t.reversed_by"
 )
+N_COLUMNS = 14
 _PK = "t.client_id = %s AND t.transaction_id = %s"
 # Statements interpolate only these module constants (S608 is off for this file); every value is a bound parameter.
 _HB_AGE = "(SELECT extract(epoch FROM now() - o.last_seen)::float8 FROM owners o WHERE o.owner = t.owner)"
@@ -39,6 +40,7 @@ def to_record(row: tuple[Any, ...]) -> TransactionRecord:
     """A record from the COLUMNS of a row: the claim-time fields from `record`, the rest from the columns."""
     state, owner, completed_at, sealed, status, body, code, approved, auth, outcome, replays, events, blob = row[:13]
     rec = codec.decode(blob)
+    rec.reversed_by = row[13]
     rec.state = State(state)
     rec.owner = owner
     rec.completed_at = completed_at or 0.0
@@ -55,15 +57,15 @@ def to_record(row: tuple[Any, ...]) -> TransactionRecord:
 
 
 def claim_blob(rec: TransactionRecord) -> bytes:
-    """The immutable part kept in `record`: no sealed request, no events, no answer (those are columns)."""
-    return codec.encode(msgspec.structs.replace(rec, sealed_request=None, events=[], owner=""))
+    """The immutable part kept in `record`: no sealed request, no events, no answer, no hold (those are columns)."""
+    return codec.encode(msgspec.structs.replace(rec, sealed_request=None, events=[], owner="", reversed_by=""))
 
 
 def insert_claim(conn: Conn, rec: TransactionRecord) -> bool:
     cur = conn.execute(
         "INSERT INTO transactions (client_id, transaction_id, fingerprint, state, owner, rrn, terminal_id, stan,"
-        " created_at, sealed_request, events, record)"
-        " VALUES (%s, %s, %s, 'PENDING', %s, %s, %s, %s, %s, %s, %s::bytea[], %s) ON CONFLICT DO NOTHING",
+        " created_at, sealed_request, events, record, card_key)"
+        " VALUES (%s, %s, %s, 'PENDING', %s, %s, %s, %s, %s, %s, %s::bytea[], %s, %s) ON CONFLICT DO NOTHING",
         (
             rec.client_id,
             rec.transaction_id,
@@ -76,16 +78,40 @@ def insert_claim(conn: Conn, rec: TransactionRecord) -> bool:
             rec.sealed_request,
             encode_events(rec.events),
             claim_blob(rec),
+            rec.card_key or None,
         ),
     )
     return cur.rowcount == 1
+
+
+def find_by_card_key(conn: Conn, client_id: str, card_key: bytes) -> TransactionRecord | None:
+    """The record already carrying this card transaction for this client (migration 0004's unique index)."""
+    row = conn.execute(
+        f"SELECT {COLUMNS} FROM transactions t WHERE t.client_id = %s AND t.card_key = %s", (client_id, card_key)
+    ).fetchone()
+    return None if row is None else to_record(row)
+
+
+def lock_record(conn: Conn, client_id: str, transaction_id: str) -> TransactionRecord | None:
+    """The record under this key, its row locked until the enclosing transaction ends (a reversal's original)."""
+    row = conn.execute(f"SELECT {COLUMNS} FROM transactions t WHERE {_PK} FOR UPDATE", (client_id, transaction_id))
+    found = row.fetchone()
+    return None if found is None else to_record(found)
+
+
+def set_reversed_by(conn: Conn, original: TransactionRecord, event: Event) -> None:
+    """Write `original.reversed_by` (a hold, a mark or a release by store/reversals.py) with its timeline event."""
+    conn.execute(
+        f"UPDATE transactions t SET reversed_by = %s, events = cl_trim_events(t.events || %s::bytea[], %s) WHERE {_PK}",
+        (original.reversed_by, encode_events([event]), codec.MAX_EVENTS, original.client_id, original.transaction_id),
+    )
 
 
 def find_claimed(conn: Conn, client_id: str, transaction_id: str) -> tuple[TransactionRecord, float | None] | None:
     """The record under this key and its owner's heartbeat age by the database's clock (None: no heartbeat)."""
     row = conn.execute(f"SELECT {COLUMNS}, {_HB_AGE} FROM transactions t WHERE {_PK}", (client_id, transaction_id))
     found = row.fetchone()
-    return None if found is None else (to_record(found), found[13])
+    return None if found is None else (to_record(found), found[N_COLUMNS])
 
 
 def heartbeat_age(conn: Conn, owner: str) -> float | None:

@@ -87,6 +87,7 @@ class PgSafQueue:
         self._unwritten: dict[bytes, dict[str, Any]] = {}
         self._unrecorded_acks: set[bytes] = set()
         self._depth = 0  # rows in saf_entries when last counted (len() must not block the event loop)
+        self._oldest: float | None = None  # and the oldest one's creation time (unix seconds)
 
     # ---- plumbing ------------------------------------------------------------------------------------
 
@@ -125,8 +126,9 @@ class PgSafQueue:
         log.info("saf_backlog_written", reversals=len(rows), acknowledgements=len(acks))
 
     def _count(self, conn: Conn) -> None:
-        row = conn.execute("SELECT count(*) FROM saf_entries").fetchone()
+        row = conn.execute("SELECT count(*), extract(epoch FROM min(created_at))::float8 FROM saf_entries").fetchone()
         self._depth = int(row[0]) if row else 0
+        self._oldest = float(row[1]) if row and row[1] is not None else None
 
     @staticmethod
     def _ack(conn: Conn, key: bytes) -> None:
@@ -285,9 +287,10 @@ class PgSafQueue:
         def due(conn: Conn) -> float | None:
             row = conn.execute(
                 "SELECT count(*), extract(epoch FROM min(greatest(next_attempt, coalesce(leased_until, next_attempt)))"
-                " - now())::float8 FROM saf_entries"
+                " - now())::float8, extract(epoch FROM min(created_at))::float8 FROM saf_entries"
             ).fetchone()
             self._depth = int(row[0]) if row else 0
+            self._oldest = float(row[2]) if row and row[2] is not None else None
             return None if row is None or row[1] is None else float(row[1])
 
         try:
@@ -304,6 +307,11 @@ class PgSafQueue:
             return int(conn.execute("UPDATE saf_entries SET next_attempt = now() WHERE next_attempt > now()").rowcount)
 
         return int(self._call(due_now))
+
+    def oldest_created(self) -> float | None:
+        """Creation time of the oldest row when last counted (as `len`): never a query of its own."""
+        with self._lock:
+            return self._oldest
 
     def __len__(self) -> int:
         """Rows when last counted (by add, delete or the loop's next_due) plus what waits in memory."""

@@ -10,6 +10,7 @@
   - waiting for a duplicate in flight anywhere: LISTEN/NOTIFY (store/pg/listener.py) with a bounded poll;
   - STAN/RRN: blocks of store.ids.BLOCK from the `id_blocks` sequence, unique across hosts and restarts.
 PostgreSQL groups concurrent commits into one WAL flush itself: there is no batching writer here.
+Card keys and a REVERSAL's hold on its original: store/pg/keys.py (migration 0004).
 The lease with its epoch fencing (issue 12) is not here yet: the `epoch` column is counted, not enforced.
 """
 
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
-from .. import codec, ids
+from .. import codec, ids, reversals
 from ..owner import OwnerId, current_owner_id, local_owner_alive
 from ..types import (
     Claim,
@@ -36,6 +37,7 @@ from ..types import (
     TransactionRecord,
     TransactionStore,
 )
+from . import keys as pg_keys
 from . import rows
 from .database import Conn, Database, DatabaseUnavailable, connect_kwargs
 from .listener import CompletionListener, key_of
@@ -68,6 +70,7 @@ class PgStore:
         self._db = Database(settings)
         self._listener = CompletionListener(settings.dsn, connect_kwargs(settings, "cloudlayer-listener"))
         self._abandoned: set[tuple[str, str]] = set()
+        self._reversals: set[tuple[str, str]] = set()  # REVERSALs claimed or taken over here, still PENDING
         self._ids = ids.IdBlock()
         self._ids_lock = trio.Lock()
         self._ages: dict[str, float] = {}  # owner -> heartbeat age (s) at _ages_at (trio clock)
@@ -104,6 +107,9 @@ class PgStore:
                 task_status.started()
         finally:
             self._running = False
+
+    def map_usage(self) -> tuple[int, int] | None:
+        return None  # PostgreSQL grows with its disk: watch that with the database's own monitoring
 
     def writable(self) -> bool:
         return self._running and self._ok and not self._closed
@@ -189,12 +195,21 @@ class PgStore:
         rec.created_at = rec.created_at or self._clock()
         key = (rec.client_id, rec.transaction_id)
 
+        is_reversal = reversals.is_reversal(rec)
+
         def do(conn: Conn) -> Claim:
             for _ in range(3):
-                if rows.insert_claim(conn, rec):
+                if is_reversal:
+                    held = pg_keys.claim_reversal(conn, rec, rec.created_at)
+                    if held is not None:
+                        return held
+                elif rows.insert_claim(conn, rec):  # one statement: the transactionId and the card key
                     return Claim(ClaimOutcome.NEW, rec)
                 found = rows.find_claimed(conn, *key)
                 if found is None:
+                    duplicate = pg_keys.duplicate_card(conn, rec)
+                    if duplicate is not None:
+                        return duplicate
                     continue  # purged between the two statements: claim again
                 existing, age = found
                 if existing.fingerprint != rec.fingerprint:
@@ -215,6 +230,8 @@ class PgStore:
             raise
         if result.outcome is ClaimOutcome.NEW:
             self._abandoned.discard(key)  # ours and live from now on, whatever an earlier failed attempt left
+            if is_reversal:
+                self._reversals.add(key)
         return result
 
     async def complete(self, client_id: str, transaction_id: str, completion: Completion) -> TransactionRecord:
@@ -223,12 +240,20 @@ class PgStore:
             if "\0" in (getattr(c, name) or ""):
                 raise InvalidRecord(f"{name}: must not contain NUL")
         now = self._clock()
+        key = (client_id, transaction_id)
+        # A REVERSAL this worker claimed or took over settles its original in the same transaction; any other
+        # completion stays one statement (the hot path).
+        complete = pg_keys.complete_reversal if key in self._reversals else rows.complete
         done: TransactionRecord | None = await self._call(
-            lambda conn: rows.complete(conn, client_id, transaction_id, self.owner_id, c, now)
+            lambda conn: complete(conn, client_id, transaction_id, self.owner_id, c, now)
         )
         if done is None:
             raise NotOwner("complete: transaction missing, already completed, or PENDING under another owner")
-        self._abandoned.discard((client_id, transaction_id))
+        self._reversals.discard(key)
+        if reversals.is_reversal(done) and complete is rows.complete:  # not expected: settle it now, apart
+            log.warning("store_reversal_settled_apart", transaction_id=transaction_id)
+            await self._call(lambda conn: pg_keys.settle_original(conn, done, now))
+        self._abandoned.discard(key)
         self._listener.wake(key_of(client_id, transaction_id))  # local waiters need not wait for the NOTIFY
         return done
 
@@ -250,6 +275,8 @@ class PgStore:
         rec: TransactionRecord | None = await self._call(do)
         if rec is not None:
             self._abandoned.discard(key)
+            if reversals.is_reversal(rec):
+                self._reversals.add(key)
         return rec
 
     async def purge(self, older_than: float) -> int:
