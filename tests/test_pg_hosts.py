@@ -102,3 +102,29 @@ async def test_100_identical_requests_split_across_two_hosts_authorize_once(
     assert check.returncode == 0, check.stdout + check.stderr
     report = json.loads(check.stdout)
     assert (report["records"], report["completed"]) == (21, 21)
+
+
+async def test_database_gone_mid_run_answers_503_not_500(
+    tmp_path: Path, slow_simulator: SimulatorProcess, pg_database: Any
+) -> None:
+    a, _ = two_hosts(tmp_path, slow_simulator, pg_database)  # A only: started and migrated
+    try:
+        token = a.token()
+        hdrs = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        async with httpx.AsyncClient(timeout=60) as client:
+            ok = await client.post(
+                a.url + "/transaction/process", content=json.dumps(sample_purchase("db-gone-1")), headers=hdrs
+            )
+            assert ok.status_code == 200, ok.text
+            # The database disappears under the running host (its connections are terminated).
+            pg_database.cluster.drop_database(pg_database)
+            gone = await client.post(
+                a.url + "/transaction/process", content=json.dumps(sample_purchase("db-gone-2")), headers=hdrs
+            )
+        assert gone.status_code == 503, gone.text
+        assert gone.headers["Content-Type"].startswith("application/problem+json")
+        assert gone.json()["type"].endswith("/problems/store-unavailable") and gone.headers["Retry-After"]
+        assert "Traceback" not in a.log_text()
+        assert slow_simulator.ledger()["totals"]["authorizations"] == 1  # the second one never reached it
+    finally:
+        a.stop()
