@@ -13,7 +13,6 @@ import functools
 import itertools
 import random
 import ssl
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +28,8 @@ from .backoff import backoff_delay
 from .codec import EncodeError, FrameError, FrameReader, Framing, Message, decode, encode
 from .link import Key, _Link, _NotSent, _Pending, _SendState, _Unknown
 from .messages import build_request, network_request, parse_response, request_mti, reversal_for
-from .saf import DONE_RETENTION, SafItem, SafQueue, entry_key, owner_id
+from .saf import SafItem, SafQueue, entry_key, owner_id
+from .saf_forwarding import SafForwarder
 from .saf_store import SafStore
 from .tls import client_context, connect_failure
 from .types import (
@@ -72,7 +72,7 @@ class Iso8583Connector:
         self._round_robin = itertools.count()
         self._network_stan = itertools.count(random.randrange(1, 999_999))
         self._ready_event = trio.Event()
-        self._saf_wakeup = trio.Event()
+        self._saf_forwarder = SafForwarder()
         self._scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
         # Callers that may still write to the SAF queue: `run` closes it only once they are done.
@@ -168,7 +168,7 @@ class Iso8583Connector:
         if added:
             self.reversals_queued += 1
             log.warning("reversal_queued", stan=request.stan, terminal=request.terminal_id, reason=reason)
-        self._saf_wakeup.set()
+        self._saf_forwarder.wake()
 
     # --- lifecycle --------------------------------------------------------------------------------------
 
@@ -324,7 +324,7 @@ class Iso8583Connector:
                     if signed_on:
                         link.up = True
                         self._ready_event.set()
-                        self._saf_wakeup.set()
+                        self._saf_forwarder.wake()
                         attempt = 0
                         log.info("acquirer_link_up", link=link.index, host=self._host, port=self._port)
                         nursery.start_soon(self._echo_loop, link)
@@ -421,24 +421,14 @@ class Iso8583Connector:
     # --- store and forward ------------------------------------------------------------------------------
 
     async def _saf_loop(self) -> None:
-        lease = self._cfg.timeout * 2 + 5.0
-        next_purge = 0.0
-        while True:
-            self._saf_wakeup = trio.Event()
-            if time.time() >= next_purge:
-                await trio.to_thread.run_sync(self._saf.purge_done, time.time() - DONE_RETENTION)
-                next_purge = time.time() + 3600.0
-            if self.ready:
-                items = await trio.to_thread.run_sync(self._saf.claim_due, self._owner, lease)
-                if items:
-                    async with trio.open_nursery() as nursery:
-                        for item in items:
-                            nursery.start_soon(self._deliver_reversal, item)
-                    continue
-            next_due = await trio.to_thread.run_sync(self._saf.next_due)
-            wait = self._cfg.saf_retry_max if next_due is None else next_due - time.time()
-            with trio.move_on_after(min(max(wait, 0.01), self._cfg.saf_retry_max)):
-                await self._saf_wakeup.wait()
+        await self._saf_forwarder.run(
+            self._saf,
+            self._owner,
+            lease=self._cfg.timeout * 2 + 5.0,
+            retry_max=self._cfg.saf_retry_max,
+            ready=lambda: self.ready,
+            deliver=self._deliver_reversal,
+        )
 
     async def _deliver_reversal(self, item: SafItem) -> None:
         # The first send is an 0400; once one may have gone out, every later one is the repeat 0401.

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +28,8 @@ from ...observability import metrics
 from ...sealing import Sealer
 from .. import spec
 from ..backoff import backoff_delay
-from ..saf import DONE_RETENTION, SafItem, SafQueue, entry_key, owner_id
+from ..saf import SafItem, SafQueue, entry_key, owner_id
+from ..saf_forwarding import SafForwarder
 from ..saf_store import SafStore
 from ..types import (
     AcquirerRequest,
@@ -101,7 +101,7 @@ class HttpConnector:
         self._last_ok = 0.0
         self._ready_event = trio.Event()
         self._probe_wakeup = trio.Event()
-        self._saf_wakeup = trio.Event()
+        self._saf_forwarder = SafForwarder()
         self._scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
         self._saf_users = 0
@@ -206,7 +206,7 @@ class HttpConnector:
         if added:
             self.reversals_queued += 1
             log.warning("reversal_queued", stan=request.stan, terminal=request.terminal_id, reason=reason)
-        self._saf_wakeup.set()
+        self._saf_forwarder.wake()
 
     # --- lifecycle --------------------------------------------------------------------------------------
 
@@ -353,7 +353,7 @@ class HttpConnector:
         if not self._host_up:
             self._host_up = True
             log.info("payment_host_up", base_url=self._base)
-            self._saf_wakeup.set()
+            self._saf_forwarder.wake()
         if self.ready:
             self._ready_event.set()
 
@@ -391,24 +391,14 @@ class HttpConnector:
     # --- store and forward ------------------------------------------------------------------------------
 
     async def _saf_loop(self) -> None:
-        lease = self._cfg.timeout * 2 + 5.0
-        next_purge = 0.0
-        while True:
-            self._saf_wakeup = trio.Event()
-            if time.time() >= next_purge:
-                await trio.to_thread.run_sync(self._saf.purge_done, time.time() - DONE_RETENTION)
-                next_purge = time.time() + 3600.0
-            if self.ready:
-                items = await trio.to_thread.run_sync(self._saf.claim_due, self._owner, lease)
-                if items:
-                    async with trio.open_nursery() as nursery:
-                        for item in items:
-                            nursery.start_soon(self._deliver_reversal, item)
-                    continue
-            next_due = await trio.to_thread.run_sync(self._saf.next_due)
-            wait = self._cfg.saf_retry_max if next_due is None else next_due - time.time()
-            with trio.move_on_after(min(max(wait, 0.01), self._cfg.saf_retry_max)):
-                await self._saf_wakeup.wait()
+        await self._saf_forwarder.run(
+            self._saf,
+            self._owner,
+            lease=self._cfg.timeout * 2 + 5.0,
+            retry_max=self._cfg.saf_retry_max,
+            ready=lambda: self.ready,
+            deliver=self._deliver_reversal,
+        )
 
     async def _deliver_reversal(self, item: SafItem) -> None:
         if not await trio.to_thread.run_sync(self._saf.record_attempt, item.key, self._owner):
