@@ -37,6 +37,7 @@ import trio
 
 from ..config import Config, StoreConfig
 from . import codec, ids, lmdb_keys
+from .housekeeping import run_housekeeping
 from .owner import OwnerId, current_owner_id, local_owner_alive
 from .types import (
     Claim,
@@ -420,23 +421,7 @@ class LmdbStore:
             return True  # cannot read right now: assume alive (waiting is safe, a wrong take-over is not)
 
     async def _housekeeping(self) -> None:
-        """Heartbeat every owner_timeout/3; purge expired COMPLETED records every purge_interval."""
-        beat = max(self._cfg.owner_timeout / 3, 0.05)
-        next_purge = trio.current_time()
-        while True:
-            if trio.current_time() >= next_purge:
-                next_purge = trio.current_time() + self._cfg.purge_interval
-                try:
-                    n = await self.purge(self._clock() - self._cfg.retention_days * 86_400)
-                    if n:
-                        log.info("store_purged", records=n, retention_days=self._cfg.retention_days)
-                except Exception as e:
-                    log.error("store_purge_failed", error=repr(e))
-            try:
-                await self.heartbeat()
-            except Exception as e:
-                log.error("store_heartbeat_failed", error=repr(e))
-            await trio.sleep(max(0.0, min(beat, next_purge - trio.current_time())))
+        await run_housekeeping(self, self._cfg, self._clock)
 
     # ---- writes ------------------------------------------------------------------------------------
 
