@@ -72,6 +72,7 @@ class Iso8583Connector:
         self._round_robin = itertools.count()
         self._network_stan = itertools.count(random.randrange(1, 999_999))
         self._ready_event = trio.Event()
+        self._signed_on_once = False  # until the first sign-on, a request waits for it (see _exchange)
         self._saf_forwarder = SafForwarder()
         self._scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
@@ -243,6 +244,11 @@ class Iso8583Connector:
         pending: _Pending | None = None
         with trio.move_on_after(self._cfg.timeout):
             async with self._slots:  # back-pressure: wait for a slot, within the deadline
+                if link is None and not self._signed_on_once:
+                    # A worker that just started is still signing on: waiting for it (bounded) beats answering
+                    # 91 for an acquirer that is there. A link lost later is an outage: no wait then.
+                    with trio.move_on_after(self._cfg.connect_timeout):
+                        await self.wait_ready()
                 chosen = link or self._pick_link()
                 if chosen is None or chosen.stream is None:
                     raise _NotSent("no connection to the acquirer")
@@ -323,6 +329,7 @@ class Iso8583Connector:
                     signed_on = await self._sign_on(link)
                     if signed_on:
                         link.up = True
+                        self._signed_on_once = True
                         self._ready_event.set()
                         self._saf_forwarder.wake()
                         attempt = 0
