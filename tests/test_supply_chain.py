@@ -50,10 +50,11 @@ def test_the_lock_covers_pyproject() -> None:
 
 
 def test_a_dependency_added_without_relocking_is_named(project: Path) -> None:
-    edit(project / "pyproject.toml", '  "h2>=4.1",\n', '  "h2>=4.1",\n  "psycopg[binary,pool]>=3.2",\n')
+    # A real package the lock does not hold (psycopg served here until the PostgreSQL store locked it).
+    edit(project / "pyproject.toml", '  "h2>=4.1",\n', '  "h2>=4.1",\n  "tomli-w[extra]>=1.0",\n')
     result = check(project)
     assert result.returncode == 1
-    assert "psycopg[binary,pool]>=3.2 ([project.dependencies] of pyproject.toml) is not pinned" in result.stderr
+    assert "tomli-w[extra]>=1.0 ([project.dependencies] of pyproject.toml) is not pinned" in result.stderr
     assert "run `make lock`" in result.stderr
 
 
