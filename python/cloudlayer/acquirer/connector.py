@@ -13,8 +13,6 @@ import functools
 import itertools
 import random
 import ssl
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import msgspec
@@ -76,9 +74,6 @@ class Iso8583Connector:
         self._saf_forwarder = SafForwarder()
         self._scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
-        # Callers that may still write to the SAF queue: `run` closes it only once they are done.
-        self._saf_users = 0
-        self._saf_drained: trio.Event | None = None
         # Counters the host exports as metrics.
         self.late_answers = 0
         self.garbage_frames = 0
@@ -121,7 +116,7 @@ class Iso8583Connector:
         return msgspec.structs.replace(request, mti=request_mti(request, self._cfg.purchase_mti))
 
     async def send(self, request: AcquirerRequest) -> AcquirerResponse:
-        with self._using_saf():
+        with self._saf_forwarder.using():
             return await self._send(request)
 
     async def _send(self, request: AcquirerRequest) -> AcquirerResponse:
@@ -157,14 +152,14 @@ class Iso8583Connector:
 
     async def reversal_recorded(self, request: AcquirerRequest) -> bool:
         reversal = reversal_for(request, self._cfg.purchase_mti, self._cfg.acquirer_institution_id)
-        with self._using_saf():
+        with self._saf_forwarder.using():
             return bool(await trio.to_thread.run_sync(self._saf.known, entry_key(reversal)))
 
     async def queue_reversal(self, request: AcquirerRequest, reason: str) -> None:
         reversal = reversal_for(request, self._cfg.purchase_mti, self._cfg.acquirer_institution_id)
         # A reversal whose own outcome is unknown may have reached the acquirer as an 0400: retry it as 0401.
         sent = 1 if request.kind is MessageKind.REVERSAL else 0
-        with self._using_saf():
+        with self._saf_forwarder.using():
             added = await trio.to_thread.run_sync(functools.partial(self._saf.add, reversal, reason, attempts=sent))
         if added:
             self.reversals_queued += 1
@@ -188,10 +183,7 @@ class Iso8583Connector:
             with trio.CancelScope(shield=True):
                 # Requests just failed above queue their reversals now: closing the queue under them would
                 # lose those reversals. Each is bounded by the acquirer timeout (twice, for a stalled write).
-                if self._saf_users:
-                    self._saf_drained = trio.Event()
-                    with trio.move_on_after(self._cfg.timeout * 2 + 5.0):
-                        await self._saf_drained.wait()
+                await self._saf_forwarder.wait_drained(self._cfg.timeout * 2 + 5.0)
                 await trio.to_thread.run_sync(self._saf.close)
             self._stopped.set()
 
@@ -201,16 +193,6 @@ class Iso8583Connector:
             return
         self._scope.cancel()
         await self._stopped.wait()
-
-    @contextmanager
-    def _using_saf(self) -> Iterator[None]:
-        self._saf_users += 1
-        try:
-            yield
-        finally:
-            self._saf_users -= 1
-            if self._saf_users == 0 and self._saf_drained is not None:
-                self._saf_drained.set()
 
     # --- exchanges --------------------------------------------------------------------------------------
 

@@ -4,12 +4,16 @@ Each pass purges old tombstones (hourly), leases the entries that are due to thi
 usable and delivers them concurrently (the connector's `deliver` sends the 0400/0401 or the HTTPS reversal),
 or sleeps until the earliest entry is due, at most `retry_max`, or until `wake()` (a reversal was queued, the
 link came up). The connector owns the nursery this runs in.
+
+It also counts the requests that may still queue a reversal (`using`), so that a stopping connector closes
+the queue only once they are done (`wait_drained`): closing it under them would lose those reversals.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 
 import trio
 
@@ -20,9 +24,29 @@ from .saf_store import SafStore
 class SafForwarder:
     def __init__(self) -> None:
         self._wakeup = trio.Event()
+        self._users = 0
+        self._drained: trio.Event | None = None
 
     def wake(self) -> None:
         self._wakeup.set()
+
+    @contextmanager
+    def using(self) -> Iterator[None]:
+        """Around a request that may queue a reversal."""
+        self._users += 1
+        try:
+            yield
+        finally:
+            self._users -= 1
+            if self._users == 0 and self._drained is not None:
+                self._drained.set()
+
+    async def wait_drained(self, within: float) -> None:
+        """Until no request is `using` the queue, at most `within` seconds."""
+        if self._users:
+            self._drained = trio.Event()
+            with trio.move_on_after(within):
+                await self._drained.wait()
 
     async def run(
         self,

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +103,6 @@ class HttpConnector:
         self._saf_forwarder = SafForwarder()
         self._scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
-        self._saf_users = 0
-        self._saf_drained: trio.Event | None = None
         self.late_answers = 0  # an HTTP answer after our deadline is never read: always 0, for the metrics
         self.garbage_answers = 0
         self.reversals_queued = 0
@@ -152,7 +149,7 @@ class HttpConnector:
         return request  # the key is fixed already; nothing else here changes with the config
 
     async def send(self, request: AcquirerRequest) -> AcquirerResponse:
-        with self._using_saf():
+        with self._saf_forwarder.using():
             state = _SendState()
             try:
                 return await self._send_once(request, state)
@@ -195,13 +192,13 @@ class HttpConnector:
             raise OutcomeUnknown(str(e)) from None
 
     async def reversal_recorded(self, request: AcquirerRequest) -> bool:
-        with self._using_saf():
+        with self._saf_forwarder.using():
             return bool(await trio.to_thread.run_sync(self._saf.known, entry_key(reversal_for(request))))
 
     async def queue_reversal(self, request: AcquirerRequest, reason: str) -> None:
         reversal = reversal_for(request)
         sent = 1 if request.kind is MessageKind.REVERSAL else 0  # as ISO: the first delivery is already a resend
-        with self._using_saf():
+        with self._saf_forwarder.using():
             added = await trio.to_thread.run_sync(functools.partial(self._saf.add, reversal, reason, attempts=sent))
         if added:
             self.reversals_queued += 1
@@ -221,10 +218,7 @@ class HttpConnector:
         finally:
             with trio.CancelScope(shield=True):
                 # Requests cut short queue their reversals now: the queue stays open for them (bounded).
-                if self._saf_users:
-                    self._saf_drained = trio.Event()
-                    with trio.move_on_after(self._cfg.timeout * 2 + 5.0):
-                        await self._saf_drained.wait()
+                await self._saf_forwarder.wait_drained(self._cfg.timeout * 2 + 5.0)
                 with trio.move_on_after(5.0):
                     await self._http.aclose()
                     await self._token_http.aclose()
@@ -239,16 +233,6 @@ class HttpConnector:
             return
         self._scope.cancel()
         await self._stopped.wait()
-
-    @contextmanager
-    def _using_saf(self) -> Iterator[None]:
-        self._saf_users += 1
-        try:
-            yield
-        finally:
-            self._saf_users -= 1
-            if self._saf_users == 0 and self._saf_drained is not None:
-                self._saf_drained.set()
 
     # --- exchanges --------------------------------------------------------------------------------------
 
