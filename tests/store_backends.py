@@ -16,8 +16,24 @@ import trio
 
 from cloudlayer.config import StoreConfig
 from cloudlayer.store.lmdb_store import LmdbStore
+from cloudlayer.store.types import TransactionRecord
 
 DEFAULT_CFG = StoreConfig(map_size_mb=4, max_map_size_mb=8)
+
+# The record the store suites claim (tests/test_store_contract.py, tests/test_store.py).
+FP = b"\x01" * 32
+
+
+def rec(tid: str = "t1", client: str = "c1", fp: bytes = FP, **kw: Any) -> TransactionRecord:
+    base: dict[str, Any] = {
+        "amount": 1000,
+        "currency": "978",
+        "merchant_id": "M1",
+        "terminal_id": "T1",
+        "masked_pan": "476173******0119",
+    }
+    base.update(kw)
+    return TransactionRecord(client_id=client, transaction_id=tid, fingerprint=fp, **base)
 
 
 class StoreBackend:

@@ -23,21 +23,7 @@ from cloudlayer.store.types import (
     State,
     TransactionRecord,
 )
-from store_backends import StoreBackend
-
-FP = b"\x01" * 32
-
-
-def rec(tid: str = "t1", client: str = "c1", fp: bytes = FP, **kw: Any) -> TransactionRecord:
-    base: dict[str, Any] = {
-        "amount": 1000,
-        "currency": "978",
-        "merchant_id": "M1",
-        "terminal_id": "T1",
-        "masked_pan": "476173******0119",
-    }
-    base.update(kw)
-    return TransactionRecord(client_id=client, transaction_id=tid, fingerprint=fp, **base)
+from store_backends import StoreBackend, rec
 
 
 def completion(body: bytes = b'{"responseCode":"00"}') -> Completion:
