@@ -28,16 +28,16 @@ Ship the log off the host (or record `audit list --json`'s last hash elsewhere) 
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import os
 import pwd
 import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
+
+from .. import keyfiles
 
 GENESIS = hashlib.sha256(b"cloudlayer audit log v1").hexdigest()
 MAX_LINE = 16_384  # an entry is a few hundred bytes; a longer line is damage, not an entry
@@ -67,16 +67,9 @@ def head_path(log_path: Path) -> Path:
     return log_path.with_name(log_path.name + ".head")
 
 
-@contextmanager
-def locked(log_path: Path) -> Iterator[None]:
+def locked(log_path: Path) -> AbstractContextManager[None]:
     """The writers' lock (also held by a backup while it copies the log)."""
-    log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(log_path.with_name(log_path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return keyfiles.locked(log_path)
 
 
 def _last_line(fd: int) -> bytes | None:

@@ -26,8 +26,7 @@ import lmdb
 
 from ..audit import log as audit_log
 from ..config import Config
-from ..oauth.keys import locked as signing_keys_locked
-from ..sealing import ring
+from ..keyfiles import locked
 from .layout import (
     DATA_DIR,
     KEYS_MANIFEST,
@@ -111,8 +110,8 @@ def take_backup(cfg: Config, dest: Path, keys_dir: Path) -> Manifest:
     items: list[Item] = []
     key_files: list[FileDigest] = []
     with ExitStack() as locks:
-        locks.enter_context(ring.locked(cfg.var_path(cfg.server.sealing_key_file)))
-        locks.enter_context(signing_keys_locked(cfg.var_path(cfg.oauth.keys_file)))
+        locks.enter_context(locked(cfg.var_path(cfg.server.sealing_key_file)))  # the locks rotations take
+        locks.enter_context(locked(cfg.var_path(cfg.oauth.keys_file)))
         envs, _, _ = discover(var, audit_path, (dest, keys_dir))
         for env_dir in envs:
             rel = env_dir.relative_to(var)

@@ -11,13 +11,10 @@ new file by its stat at most once a second, so a rotation needs no restart.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +22,8 @@ import msgspec
 import structlog
 from joserfc.errors import SecurityWarning
 from joserfc.jwk import ECKey, Key, KeySet, OKPKey
+
+from ..keyfiles import locked, write_private_json
 
 log = structlog.get_logger(__name__)
 
@@ -99,30 +98,7 @@ def _write_key_file(path: Path, active: str, records: list[KeyRecord]) -> None:
         "active_kid": active,
         "key_meta": {r.kid: msgspec.to_builtins(r.meta) for r in records},
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, json.dumps(doc, indent=1).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)  # atomic: readers see the old set or the new one, never half
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-@contextmanager
-def locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    write_private_json(path, doc)  # readers see the old file or the new one, never half
 
 
 def _new_record(jws_alg: str, now: float) -> KeyRecord:

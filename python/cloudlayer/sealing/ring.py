@@ -16,16 +16,15 @@ new file by its stat at most once a second, so a rotation needs no restart.
 from __future__ import annotations
 
 import base64
-import fcntl
 import json
 import os
 import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import msgspec
+
+from ..keyfiles import locked, write_private_json
 
 FORMAT = "cloudlayer-sealing-keys/1"
 # Hex like every kid, never a long digit run: card-data scanners must not take a key id for a PAN.
@@ -61,17 +60,6 @@ def new_kid() -> str:
         kid = os.urandom(8).hex()
         if kid != LEGACY_KID and not re.search(r"[0-9]{13}", kid):
             return kid
-
-
-@contextmanager
-def locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _parse(path: Path, data: bytes) -> SealingRing:
@@ -115,19 +103,7 @@ def _write(path: Path, ring: SealingRing) -> None:
             for kid, k in ring.keys.items()
         },
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, json.dumps(doc, indent=1).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)  # readers see the old ring or the new one, never half
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_private_json(path, doc)  # readers see the old file or the new one, never half
 
 
 def _is_json(data: bytes) -> bool:
