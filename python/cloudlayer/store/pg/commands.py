@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
     from .database import Database
 
 # psycopg is imported only when a `db` command runs: every other command starts without it.
+
+T = TypeVar("T")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -41,21 +44,31 @@ def _database(args: argparse.Namespace) -> Database | None:
     return db
 
 
-def _cmd_migrate(args: argparse.Namespace) -> int:
+def _on_database(args: argparse.Namespace, fn: Callable[[Any], T]) -> tuple[int, T | None]:
+    """`fn(conn)` on a one-connection pool: (0, its result), or (2, None) for a bad config and (1, None) for an
+    unreachable database or a schema error, said in one line."""
     from . import migrate as migrations
     from .database import DatabaseUnavailable
 
     try:
         db = _database(args)
         if db is None:
-            return 2
+            return 2, None
         try:
-            applied = db.call_sync(migrations.migrate)
+            return 0, db.call_sync(fn)
         finally:
             db.close()
     except (DatabaseUnavailable, migrations.SchemaError) as e:
         print(f"cloudlayer: {e}", file=sys.stderr)
-        return 1
+        return 1, None
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from . import migrate as migrations
+
+    code, applied = _on_database(args, migrations.migrate)
+    if code:
+        return code
     if applied:
         print(f"applied migrations {', '.join(map(str, applied))}; schema at version {applied[-1]}")
     else:
@@ -65,19 +78,10 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from . import migrate as migrations
-    from .database import DatabaseUnavailable
 
-    try:
-        db = _database(args)
-        if db is None:
-            return 2
-        try:
-            st = db.call_sync(migrations.status)
-        finally:
-            db.close()
-    except (DatabaseUnavailable, migrations.SchemaError) as e:
-        print(f"cloudlayer: {e}", file=sys.stderr)
-        return 1
+    code, st = _on_database(args, migrations.status)
+    if st is None:
+        return code
     if args.json:
         print(json.dumps(msgspec.to_builtins(st) | {"ok": st.ok}, indent=2))
     else:
