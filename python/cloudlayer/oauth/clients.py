@@ -88,6 +88,22 @@ class ClientStore(Protocol):
     def close(self) -> None: ...
 
 
+def unknown_client(client_id: str) -> RegistryError:
+    return RegistryError(f"no client with id {client_id!r}")
+
+
+def plausible_id(client_id: str) -> bool:
+    """Could be a stored id: 1-128 characters of valid UTF-8 (anything else is unknown without a lookup,
+    which LMDB's key size and PostgreSQL's text encoding would refuse with an error of their own)."""
+    if not 0 < len(client_id) <= 128:
+        return False
+    try:
+        client_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def view_of(client: Client) -> ClientView:
     return ClientView(**{f: getattr(client, f) for f in ClientView.__struct_fields__})
 
@@ -135,6 +151,8 @@ class ClientRegistry:
 
     # -- reads (hot path) ------------------------------------------------------------------------------
     def get(self, client_id: str) -> Client | None:
+        if not plausible_id(client_id):
+            return None
         with self._env.begin() as txn:
             raw = txn.get(client_id.encode("utf-8", "surrogatepass"))
         return None if raw is None else _decoder.decode(raw)
@@ -191,10 +209,12 @@ class ClientRegistry:
             txn.put(client.client_id.encode(), _encoder.encode(client))
 
     def _update(self, client_id: str, change: Callable[[Client], Client]) -> Client:
+        if not plausible_id(client_id):
+            raise unknown_client(client_id)
         with self._env.begin(write=True) as txn:
-            raw = txn.get(client_id.encode("utf-8", "surrogatepass"))
+            raw = txn.get(client_id.encode("utf-8"))
             if raw is None:
-                raise RegistryError(f"no client with id {client_id!r}")
+                raise unknown_client(client_id)
             client = change(_decoder.decode(raw))
             txn.put(client_id.encode(), _encoder.encode(client))
         return client

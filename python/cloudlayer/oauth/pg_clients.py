@@ -16,7 +16,7 @@ import msgspec
 from ..store.pg.database import Database
 from . import pg_rows
 from .client_secrets import SecretHasher, new_client_secret
-from .clients import AUTH_METHODS, Client, ClientView, RegistryError, new_client, view_of
+from .clients import AUTH_METHODS, Client, ClientView, RegistryError, new_client, plausible_id, unknown_client, view_of
 
 
 class PgClientRegistry:
@@ -83,9 +83,11 @@ class PgClientRegistry:
         return self._db.call_sync(lambda conn: pg_rows.insert_client(conn, client))
 
     def _update(self, client_id: str, change: Callable[[Client], Client]) -> Client:
+        if not plausible_id(client_id):
+            raise unknown_client(client_id)
         client = self._db.call_sync(lambda conn: pg_rows.update_client(conn, client_id, change))
         if client is None:
-            raise RegistryError(f"no client with id {client_id!r}")
+            raise unknown_client(client_id)
         self._remember(client)
         return client
 

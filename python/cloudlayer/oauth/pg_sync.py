@@ -53,6 +53,7 @@ class OAuthSync:
         self._interval = refresh_interval
         self._changed = trio.Event()
         self._failing = False
+        self._opened = False
         self.refreshes = 0
         self.notifications = 0
         keys.on_unknown_kid(self.poke)
@@ -62,6 +63,9 @@ class OAuthSync:
 
     def refresh_sync(self) -> None:
         """One blocking refresh (start-up, the dev client): raises if the database or the active key fails."""
+        if not self._opened:
+            self._db.open_sync()
+            self._opened = True
         clients, keys = self._db.call_sync(read_all)
         self._install(clients, keys)
 
@@ -71,7 +75,9 @@ class OAuthSync:
         self.refreshes += 1
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self._db.open()
+        if not self._opened:
+            await self._db.open()
+            self._opened = True
         clients, keys = await self._db.call(read_all)  # the first copy must load: no serving without it
         self._install(clients, keys)
         async with trio.open_nursery() as nursery:
