@@ -60,9 +60,10 @@ class PgKeyRing:
                 active = row.kid
         if not active:
             raise KeyFileError("the database holds no active signing key (a host creates one when it starts)")
+        before = (self.active.kid, set(self.verify_keys)) if self.loaded else None
         self.active, self.verify_keys, self.jwks_json = key_view(active, records, time.time())
         self._opened = opened
-        if self.loaded:
+        if before is not None and before != (active, set(self.verify_keys)):
             log.info("oauth_keys_reloaded", active_kid=active, kids=len(self.verify_keys))
         self.loaded = True
 

@@ -54,6 +54,7 @@ class OAuthSync:
         self._changed = trio.Event()
         self._failing = False
         self._opened = False
+        self.connected = False  # the listener's connection is up (tests, diagnostics)
         self.refreshes = 0
         self.notifications = 0
         keys.on_unknown_kid(self.poke)
@@ -109,6 +110,7 @@ class OAuthSync:
             await trio.to_thread.run_sync(self._listen, token, stop, abandon_on_cancel=True)
         finally:
             stop.set()
+            self.connected = False
 
     def _listen(self, token: trio.lowlevel.TrioToken, stop: threading.Event) -> None:
         backoff = RECONNECT_MIN
@@ -117,7 +119,7 @@ class OAuthSync:
             try:
                 with psycopg.connect(self._db.settings.dsn, autocommit=True, **self._listen_kwargs) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
-                    connected = True
+                    connected = self.connected = True
                     backoff = RECONNECT_MIN
                     trio.from_thread.run_sync(self.poke, trio_token=token)  # whatever changed while not listening
                     while not stop.is_set():
@@ -129,6 +131,6 @@ class OAuthSync:
             except psycopg.Error as e:
                 if connected:
                     log.warning("oauth_listener_disconnected", error=type(e).__name__)
-            connected = False
+            connected = self.connected = False
             stop.wait(backoff)
             backoff = min(backoff * 2, RECONNECT_MAX)
