@@ -92,11 +92,11 @@ async def running(cfg: Config) -> AsyncIterator[Worker]:
         w.clients.close()
 
 
-async def until(check: Callable[[], bool], timeout: float) -> float:
-    """Seconds until check() held (fails after timeout)."""
+async def until(check: Callable[[], bool], bound: float) -> float:
+    """Seconds until check() held (fails after `bound` seconds)."""
     start = time.monotonic()
     while not check():
-        assert time.monotonic() - start < timeout, "not within the bound"
+        assert time.monotonic() - start < bound, "not within the bound"
         await trio.sleep(0.01)
     return time.monotonic() - start
 
