@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 from psycopg import sql
@@ -358,3 +359,28 @@ def test_garbage_in_shared_refresh_names_the_key(tmp_path: Path, value: object) 
     path.write_text(f"[oauth]\nshared_refresh = {value}\n")
     with pytest.raises(ConfigError, match=r"oauth\.shared_refresh"):
         load_config(path, environ={})
+
+
+def test_the_dev_client_is_created_once_in_the_shared_registry(pg_database: Any, tmp_path: Path) -> None:
+    from cloudlayer.oauth import OAuthService
+
+    cfg = config(tmp_path, pg_database)
+    cfg = msgspec.structs.replace(
+        cfg,
+        server=msgspec.structs.replace(cfg.server, dev_mode=True),
+        oauth=msgspec.structs.replace(cfg.oauth, dev_client=True),
+    )
+    preflight(cfg)
+    pairs = []
+    for _ in range(2):  # two starts of the serving parent
+        service = OAuthService.from_config(cfg)
+        try:
+            pairs.append(service.ensure_dev_client())
+        finally:
+            service.close()
+    assert pairs[0] is not None and pairs[0] == pairs[1]
+    admin = open_registry(cfg)
+    try:
+        assert [v.name for v in admin.list()] == ["dev"]
+    finally:
+        admin.close()
