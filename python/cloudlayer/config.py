@@ -87,6 +87,9 @@ class OAuthConfig(_Section):
     failure_window: float = 300.0
     slowdown_after: int = 5
     lockout_after: int = 20
+    # store.backend = "postgres": clients and signing keys are read from the database into memory on every
+    # change (NOTIFY) and at least this often (s), the bound for a missed notification (docs/postgres.md).
+    shared_refresh: float = 30.0
 
 
 class StoreConfig(_Section):
@@ -306,6 +309,8 @@ def _check(cfg: Config) -> None:
         raise bad("oauth.token_lifetime", "must be at least 60 seconds")
     if not 0 <= cfg.oauth.leeway <= 60:
         raise bad("oauth.leeway", "must be between 0 and 60 seconds")
+    if not 1 <= cfg.oauth.shared_refresh <= 3600:
+        raise bad("oauth.shared_refresh", "must be between 1 and 3600 seconds")
     if cfg.store.map_size_mb < 1 or cfg.store.max_map_size_mb < cfg.store.map_size_mb:
         raise bad("store.map_size_mb", "must be >= 1 and <= store.max_map_size_mb")
     if cfg.store.group_commit_max < 1:

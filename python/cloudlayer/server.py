@@ -200,6 +200,9 @@ def serve(
         from .store.pg.migrate import check_before_serving
 
         check_before_serving(cfg)  # reachable, and migrated to exactly this build's schema version
+        from .oauth.backends import preflight
+
+        preflight(cfg)  # the shared pepper matches ours; an active signing key exists and opens here
     if cfg.metrics.enabled:
         metrics.prepare_multiprocess_dir(cfg.var_path("metrics"))
     try:

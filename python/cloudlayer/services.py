@@ -51,6 +51,7 @@ class Services:
         openapi.register(app)
 
     async def start(self, nursery: trio.Nursery) -> None:
+        await nursery.start(self.oauth.run)  # PostgreSQL: the shared clients and keys, loaded before serving
         await nursery.start(self.store.run)
         await nursery.start(self.connector.run)
         self.flow.attach(nursery)

@@ -3,6 +3,9 @@
 LMDB fits: readers never block, a read transaction costs microseconds, and a commit by one process (the
 CLI disabling a client) is visible to the next read transaction of every other process. That is what lets
 the bearer check reject a disabled client's cached token at once.
+
+With store.backend = "postgres" the registry is shared by every host (oauth/pg_clients.py): a sibling
+behind the same `ClientStore` protocol, proven by one contract suite (tests/test_oauth_contract.py).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Protocol
 
 import lmdb
 import msgspec
@@ -59,7 +63,82 @@ def validate_scope_token(scope: str) -> bool:
     return bool(scope) and all(c == "\x21" or "\x23" <= c <= "\x5b" or "\x5d" <= c <= "\x7e" for c in scope)
 
 
+class ClientStore(Protocol):
+    """What the token endpoint, the bearer check and the commands need from a client registry. The reads
+    (get, is_enabled, authenticate) are the hot path: never a blocking network call."""
+
+    def get(self, client_id: str) -> Client | None: ...
+
+    def is_enabled(self, client_id: str) -> bool: ...
+
+    def authenticate(self, client_id: str, secret: str) -> Client | None: ...
+
+    def list(self) -> list[ClientView]: ...
+
+    def add(
+        self, name: str, scopes: Iterable[str], auth_methods: Iterable[str] = AUTH_METHODS
+    ) -> tuple[Client, str]: ...
+
+    def disable(self, client_id: str) -> Client: ...
+
+    def rotate_secret(self, client_id: str) -> tuple[Client, str]: ...
+
+    def put(self, client: Client) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def unknown_client(client_id: str) -> RegistryError:
+    return RegistryError(f"no client with id {client_id!r}")
+
+
+def plausible_id(client_id: str) -> bool:
+    """Could be a stored id: 1-128 characters of valid UTF-8 (anything else is unknown without a lookup,
+    which LMDB's key size and PostgreSQL's text encoding would refuse with an error of their own)."""
+    if not 0 < len(client_id) <= 128:
+        return False
+    try:
+        client_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def view_of(client: Client) -> ClientView:
+    return ClientView(**{f: getattr(client, f) for f in ClientView.__struct_fields__})
+
+
+def new_client(
+    hasher: SecretHasher, name: str, scopes: Iterable[str], auth_methods: Iterable[str]
+) -> tuple[Client, str]:
+    """A checked new client record and its secret (the secret is never stored: only its keyed hash)."""
+    scopes_t = tuple(dict.fromkeys(scopes))
+    methods_t = tuple(dict.fromkeys(auth_methods))
+    if not name.strip():
+        raise RegistryError("client name must not be empty")
+    if len(name) > 200 or not name.isprintable():
+        raise RegistryError("client name must be at most 200 printable characters")
+    if not scopes_t or not all(validate_scope_token(s) for s in scopes_t):
+        raise RegistryError("scopes must be non-empty RFC 6749 scope tokens")
+    if not methods_t or any(m not in AUTH_METHODS for m in methods_t):
+        raise RegistryError(f"auth methods must be among {', '.join(AUTH_METHODS)}")
+    secret = new_client_secret()
+    now = time.time()
+    client = Client(
+        client_id=new_client_id(),
+        name=name,
+        secret_hash=hasher.hash(secret),
+        scopes=scopes_t,
+        auth_methods=methods_t,
+        created_at=now,
+        updated_at=now,
+    )
+    return client, secret
+
+
 class ClientRegistry:
+    """ClientStore on one LMDB environment (store.backend = "lmdb")."""
+
     def __init__(self, path: Path, hasher: SecretHasher) -> None:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._env = lmdb.open(str(path), map_size=_MAP_SIZE, subdir=True, mode=0o600, max_dbs=0, lock=True)
@@ -72,6 +151,8 @@ class ClientRegistry:
 
     # -- reads (hot path) ------------------------------------------------------------------------------
     def get(self, client_id: str) -> Client | None:
+        if not plausible_id(client_id):
+            return None
         with self._env.begin() as txn:
             raw = txn.get(client_id.encode("utf-8", "surrogatepass"))
         return None if raw is None else _decoder.decode(raw)
@@ -100,30 +181,12 @@ class ClientRegistry:
     def list(self) -> list[ClientView]:
         with self._env.begin() as txn:
             records = [_decoder.decode(v) for _, v in txn.cursor()]
-        return [ClientView(**{f: getattr(c, f) for f in ClientView.__struct_fields__}) for c in records]
+        return [view_of(c) for c in records]
 
     # -- writes (operator commands; fsync'd) -------------------------------------------------------------
     def add(self, name: str, scopes: Iterable[str], auth_methods: Iterable[str] = AUTH_METHODS) -> tuple[Client, str]:
         """Create a client; returns it and its secret, which is never stored or shown again."""
-        scopes_t = tuple(dict.fromkeys(scopes))
-        methods_t = tuple(dict.fromkeys(auth_methods))
-        if not name.strip():
-            raise RegistryError("client name must not be empty")
-        if not scopes_t or not all(validate_scope_token(s) for s in scopes_t):
-            raise RegistryError("scopes must be non-empty RFC 6749 scope tokens")
-        if not methods_t or any(m not in AUTH_METHODS for m in methods_t):
-            raise RegistryError(f"auth methods must be among {', '.join(AUTH_METHODS)}")
-        secret = new_client_secret()
-        now = time.time()
-        client = Client(
-            client_id=new_client_id(),
-            name=name,
-            secret_hash=self._hasher.hash(secret),
-            scopes=scopes_t,
-            auth_methods=methods_t,
-            created_at=now,
-            updated_at=now,
-        )
+        client, secret = new_client(self._hasher, name, scopes, auth_methods)
         with self._env.begin(write=True) as txn:
             if not txn.put(client.client_id.encode(), _encoder.encode(client), overwrite=False):
                 raise RegistryError("client id collision; try again")
@@ -146,10 +209,12 @@ class ClientRegistry:
             txn.put(client.client_id.encode(), _encoder.encode(client))
 
     def _update(self, client_id: str, change: Callable[[Client], Client]) -> Client:
+        if not plausible_id(client_id):
+            raise unknown_client(client_id)
         with self._env.begin(write=True) as txn:
-            raw = txn.get(client_id.encode("utf-8", "surrogatepass"))
+            raw = txn.get(client_id.encode("utf-8"))
             if raw is None:
-                raise RegistryError(f"no client with id {client_id!r}")
+                raise unknown_client(client_id)
             client = change(_decoder.decode(raw))
             txn.put(client_id.encode(), _encoder.encode(client))
         return client

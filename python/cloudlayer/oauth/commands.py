@@ -1,6 +1,8 @@
 """`cloudlayer client ...` and `cloudlayer keys ...`: the operator's OAuth commands.
 
-A new secret is printed once (by `client add` and `client rotate-secret`) and never stored in clear.
+A new secret is printed once (by `client add` and `client rotate-secret`) and never stored in clear. With
+store.backend = "postgres" they change the registry and key set every host shares (oauth/backends.py picks);
+`client import` and `keys import` copy this host's files in once (docs/postgres.md).
 """
 
 from __future__ import annotations
@@ -9,16 +11,24 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 
 from ..audit import commands as audit
 from ..config import load_config
 from ..sealing import commands as sealing_commands
-from .clients import AUTH_METHODS, Client, RegistryError
-from .keys import JWS_ALGORITHMS, KeyFileError, read_key_file, rotate_keys
-from .service import open_registry
+from ..store.types import StoreUnavailable
+from .backends import close_admin, open_key_admin, open_registry
+from .clients import AUTH_METHODS, Client, ClientStore, RegistryError
+from .import_files import register as register_imports
+from .keys import JWS_ALGORITHMS, KeyFileError
+
+T = TypeVar("T")
+
+# What a command can fail with, said in one line: a bad argument, a broken key file, PostgreSQL unreachable.
+_FAILURES = (RegistryError, KeyFileError, StoreUnavailable)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -61,6 +71,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_keys_list)
     sealing_commands.register(ksub, common)
+    register_imports(csub, ksub, common)
 
 
 def _fail(message: str, args: argparse.Namespace | None = None) -> int:
@@ -83,25 +94,21 @@ def _print_secret(client: Client, secret: str, as_json: bool, verb: str) -> None
 
 def _client_add(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
-    registry = open_registry(cfg)
+    scopes = args.scope or cfg.oauth.default_scope.split()
     try:
-        scopes = args.scope or cfg.oauth.default_scope.split()
-        client, secret = registry.add(args.name, scopes, args.auth_method or AUTH_METHODS)
-    except RegistryError as e:
+        client, secret = _on_registry(args, lambda r: r.add(args.name, scopes, args.auth_method or AUTH_METHODS))
+    except _FAILURES as e:
         return _fail(str(e), args)
-    finally:
-        registry.close()
     audit.note(args, obj=f"client:{client.client_id}", detail={"name": client.name, "scopes": list(client.scopes)})
     _print_secret(client, secret, args.json, "added")
     return 0
 
 
 def _client_list(args: argparse.Namespace) -> int:
-    registry = open_registry(load_config(args.config))
     try:
-        clients = registry.list()
-    finally:
-        registry.close()
+        clients = _on_registry(args, lambda r: r.list())
+    except _FAILURES as e:
+        return _fail(str(e))
     if args.json:
         print(msgspec.json.encode(clients).decode())
         return 0
@@ -113,54 +120,59 @@ def _client_list(args: argparse.Namespace) -> int:
 
 def _client_disable(args: argparse.Namespace) -> int:
     audit.note(args, obj=f"client:{args.client_id}")
-    registry = open_registry(load_config(args.config))
     try:
-        client = registry.disable(args.client_id)
-    except RegistryError as e:
+        client = _on_registry(args, lambda r: r.disable(args.client_id))
+    except _FAILURES as e:
         return _fail(str(e), args)
-    finally:
-        registry.close()
     print(f"disabled {client.client_id} ({client.name}); its tokens are refused from now on")
     return 0
 
 
 def _client_rotate(args: argparse.Namespace) -> int:
     audit.note(args, obj=f"client:{args.client_id}")
-    registry = open_registry(load_config(args.config))
     try:
-        client, secret = registry.rotate_secret(args.client_id)
-    except RegistryError as e:
+        client, secret = _on_registry(args, lambda r: r.rotate_secret(args.client_id))
+    except _FAILURES as e:
         return _fail(str(e), args)
-    finally:
-        registry.close()
     _print_secret(client, secret, args.json, "new secret for")
     return 0
+
+
+def _on_registry(args: argparse.Namespace, fn: Callable[[ClientStore], T]) -> T:
+    registry = open_registry(load_config(args.config))
+    try:
+        return fn(registry)
+    finally:
+        registry.close()
 
 
 def _keys_rotate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     try:
-        new = rotate_keys(
-            cfg.var_path(cfg.oauth.keys_file),
-            JWS_ALGORITHMS[cfg.oauth.algorithm],
-            cfg.oauth.token_lifetime,
-            cfg.oauth.leeway,
-        )
-    except KeyFileError as e:
+        admin = open_key_admin(cfg)
+        try:
+            new = admin.rotate(JWS_ALGORITHMS[cfg.oauth.algorithm], cfg.oauth.token_lifetime, cfg.oauth.leeway)
+        finally:
+            close_admin(admin)
+    except _FAILURES as e:
         return _fail(str(e), args)
     audit.note(args, obj=f"signing-key:{new.kid}", detail={"alg": new.alg})
     if args.json:
         print(json.dumps({"active_kid": new.kid, "alg": new.alg}))
     else:
-        print(f"new active signing key {new.kid} ({new.alg}); running workers pick it up within a second")
+        print(f"new active signing key {new.kid} ({new.alg}); running workers pick it up within seconds")
     return 0
 
 
 def _keys_list(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     try:
-        active, records = read_key_file(cfg.var_path(cfg.oauth.keys_file))
-    except KeyFileError as e:
+        admin = open_key_admin(cfg)
+        try:
+            active, records = admin.read()
+        finally:
+            close_admin(admin)
+    except _FAILURES as e:
         return _fail(str(e))
     now = time.time()
     rows: list[dict[str, Any]] = [

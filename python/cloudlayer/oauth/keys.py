@@ -7,6 +7,9 @@ File layout (a JWK Set with extra top-level members, which RFC 7517 §5 allows):
 retired_at + token_lifetime + leeway) and adds a new active one; expired retired keys are pruned then.
 Writers (first start, the CLI) take an flock and replace the file atomically; readers (workers) notice a
 new file by its stat at most once a second, so a rotation needs no restart.
+
+With store.backend = "postgres" the same key set lives in the database instead (oauth/pg_keys.py), behind
+the same two protocols: `SigningKeys` (what a worker signs and verifies with) and `KeyAdmin` (the commands).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import structlog
@@ -101,7 +104,51 @@ def _write_key_file(path: Path, active: str, records: list[KeyRecord]) -> None:
     write_private_json(path, doc)  # readers see the old file or the new one, never half
 
 
-def _new_record(jws_alg: str, now: float) -> KeyRecord:
+class SigningKeys(Protocol):
+    """The keys one process signs and verifies with (read on the hot path: never a blocking call)."""
+
+    active: KeyRecord
+    verify_keys: dict[str, KeyRecord]
+    jwks_json: bytes
+
+    def maybe_reload(self) -> None: ...
+
+    def reload_for_unknown_kid(self) -> bool: ...
+
+
+class KeyAdmin(Protocol):
+    """The signing key set as the commands and the first start see it."""
+
+    def ensure(self, jws_alg: str) -> None: ...
+
+    def rotate(self, jws_alg: str, token_lifetime: float, leeway: float) -> KeyRecord: ...
+
+    def read(self) -> tuple[str, list[KeyRecord]]: ...
+
+
+def key_view(active: str, records: list[KeyRecord], now: float) -> tuple[KeyRecord, dict[str, KeyRecord], bytes]:
+    """(active record, the keys that still verify, the public JWKS document) of a key set."""
+    verify = {r.kid: r for r in records if r.kid == active or r.meta.verify_until is None or r.meta.verify_until > now}
+    public = [r.key.as_dict(private=False, kid=r.kid, alg=r.alg, use="sig") for r in verify.values()]
+    return verify[active], verify, json.dumps({"keys": public}, separators=(",", ":")).encode()
+
+
+def retire_and_prune(
+    active: str, records: list[KeyRecord], now: float, lifetime: float, leeway: float
+) -> list[KeyRecord]:
+    """A rotation's effect on the old keys: the active one verifies until its last token expired; keys past
+    their window are dropped. Shared by both backends, so rotation means the same on each."""
+    kept = []
+    for r in records:
+        if r.kid == active:
+            r.meta.retired_at = now
+            r.meta.verify_until = now + lifetime + leeway
+        if r.meta.verify_until is None or r.meta.verify_until > now:
+            kept.append(r)
+    return kept
+
+
+def new_record(jws_alg: str, now: float) -> KeyRecord:
     key = generate_key(jws_alg)
     return KeyRecord(kid=key.thumbprint(), alg=jws_alg, key=key, meta=KeyMeta(created_at=now))
 
@@ -111,7 +158,7 @@ def ensure_key_file(path: Path, jws_alg: str) -> None:
     with locked(path):
         if path.exists():
             return
-        rec = _new_record(jws_alg, time.time())
+        rec = new_record(jws_alg, time.time())
         _write_key_file(path, rec.kid, [rec])
         log.info("oauth_key_created", kid=rec.kid, alg=jws_alg)
 
@@ -124,16 +171,26 @@ def rotate_keys(path: Path, jws_alg: str, token_lifetime: float, leeway: float) 
             active, records = read_key_file(path)
         else:
             active, records = "", []
-        kept = []
-        for r in records:
-            if r.kid == active:
-                r.meta.retired_at = now
-                r.meta.verify_until = now + token_lifetime + leeway
-            if r.meta.verify_until is None or r.meta.verify_until > now:
-                kept.append(r)
-        new = _new_record(jws_alg, now)
+        kept = retire_and_prune(active, records, now, token_lifetime, leeway)
+        new = new_record(jws_alg, now)
         _write_key_file(path, new.kid, [*kept, new])
     return new
+
+
+class FileKeyAdmin:
+    """KeyAdmin on the key file (store.backend = "lmdb")."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def ensure(self, jws_alg: str) -> None:
+        ensure_key_file(self.path, jws_alg)
+
+    def rotate(self, jws_alg: str, token_lifetime: float, leeway: float) -> KeyRecord:
+        return rotate_keys(self.path, jws_alg, token_lifetime, leeway)
+
+    def read(self) -> tuple[str, list[KeyRecord]]:
+        return read_key_file(self.path)
 
 
 # -- the in-memory view a worker uses ------------------------------------------------------------------
@@ -157,13 +214,7 @@ class KeyRing:
     def _load(self) -> None:
         stat = self._file_stat()
         active, records = read_key_file(self._path)
-        now = time.time()
-        self.verify_keys = {
-            r.kid: r for r in records if r.kid == active or r.meta.verify_until is None or r.meta.verify_until > now
-        }
-        self.active = self.verify_keys[active]
-        public = [r.key.as_dict(private=False, kid=r.kid, alg=r.alg, use="sig") for r in self.verify_keys.values()]
-        self.jwks_json = json.dumps({"keys": public}, separators=(",", ":")).encode()
+        self.active, self.verify_keys, self.jwks_json = key_view(active, records, time.time())
         self._stat = stat
 
     def maybe_reload(self) -> None:

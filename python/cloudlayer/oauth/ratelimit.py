@@ -3,6 +3,9 @@
 In memory, per worker process: with N workers an attacker gets at most N times the budget before the
 lockout, which still turns online guessing of a 256-bit secret (already hopeless) into noise, and keeps
 the token endpoint free of shared-state writes. A success for a client id clears that id's count.
+With store.backend = "postgres" it stays per worker on every host, on purpose (a shared count would be a
+database write per failed attempt, a load an unauthenticated caller controls): the effective budget is
+hosts x workers x lockout_after per window (docs/postgres.md, "OAuth in PostgreSQL").
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from quart_trio import QuartTrio
 from ..http.problems import Problem
 from ..observability import metrics
 from .clients import AUTH_METHODS, GRANT_TYPES
+from .keys import JWS_ALGORITHMS
 from .service import OAuthService
 from .token_endpoint import MAX_BODY, TokenRequest
 
@@ -29,7 +30,8 @@ def authorization_server_metadata(service: OAuthService) -> dict[str, object]:
         "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
         "response_types_supported": [],  # no authorization endpoint: client_credentials only
         "scopes_supported": o.default_scope.split(),
-        "access_token_signing_alg_values_supported": [service.keyring.active.alg],
+        # The configured algorithm (every new key's): built before a shared key set has loaded (PostgreSQL).
+        "access_token_signing_alg_values_supported": [JWS_ALGORITHMS[o.algorithm]],
     }
 
 

@@ -7,37 +7,37 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
+import trio
 from joserfc.errors import SecurityWarning
 
 from ..config import Config
-from ..sealing import load_or_create_secret
-from .client_secrets import SecretHasher
-from .clients import ClientRegistry
-from .keys import JWS_ALGORITHMS, KeyRing, ensure_key_file
+from .backends import open_registry, open_runtime
+from .clients import ClientStore
+from .keys import SigningKeys
 from .ratelimit import FailureLimiter
 from .token_endpoint import TokenEndpoint
 from .tokens import BearerError, Principal, TokenIssuer, TokenVerifier
 
-__all__ = ["BearerError", "OAuthService", "Principal"]
+if TYPE_CHECKING:
+    from .pg_sync import OAuthSync
+
+__all__ = ["BearerError", "OAuthService", "Principal", "open_registry"]
 
 log = structlog.get_logger(__name__)
 
 DEV_CLIENT_FILE = "oauth/dev_client.json"
 
 
-def open_registry(cfg: Config) -> ClientRegistry:
-    pepper = load_or_create_secret(cfg.var_path(cfg.oauth.pepper_file), 32)
-    return ClientRegistry(cfg.var_path(cfg.oauth.clients_file), SecretHasher(pepper))
-
-
 class OAuthService:
-    def __init__(self, cfg: Config, clients: ClientRegistry, keyring: KeyRing) -> None:
+    def __init__(self, cfg: Config, clients: ClientStore, keyring: SigningKeys, sync: OAuthSync | None = None) -> None:
         o = cfg.oauth
         self.cfg = cfg
         self.clients = clients
         self.keyring = keyring
+        self.sync = sync  # PostgreSQL: keeps clients and keys equal to the database's (oauth/pg_sync.py)
         self.issuer = TokenIssuer(keyring, o.issuer, o.audience, o.token_lifetime)
         self.verifier = TokenVerifier(keyring, clients, o.issuer, o.audience, o.leeway, o.token_cache_size)
         self.limiter = FailureLimiter(o.failure_window, o.slowdown_after, o.lockout_after)
@@ -47,9 +47,15 @@ class OAuthService:
     def from_config(cls, cfg: Config) -> OAuthService:
         # joserfc reports insecure choices as SecurityWarning; here they are errors.
         warnings.filterwarnings("error", category=SecurityWarning)
-        keys_path = cfg.var_path(cfg.oauth.keys_file)
-        ensure_key_file(keys_path, JWS_ALGORITHMS[cfg.oauth.algorithm])
-        return cls(cfg, open_registry(cfg), KeyRing(keys_path))
+        return cls(cfg, *open_runtime(cfg))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """In the app's nursery, before the first request: PostgreSQL's clients and keys loaded, then kept
+        current. Files: nothing to run (each read looks at the file)."""
+        if self.sync is None:
+            task_status.started()
+            return
+        await self.sync.run(task_status=task_status)
 
     def verify_bearer_headers(self, headers: list[str], required_scope: str) -> Principal:
         """verify_bearer for every Authorization header of a request: more than one is invalid_request (RFC 6750
@@ -85,6 +91,8 @@ class OAuthService:
         lock_fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)  # several workers may start at once: one creates
+            if self.sync is not None:
+                self.sync.refresh_sync()  # the serving parent, at start: the shared registry as it is now
             existing = _read_dev_client(path)
             if existing is not None and self.clients.authenticate(*existing) is not None:
                 return existing

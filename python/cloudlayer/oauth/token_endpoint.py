@@ -15,7 +15,7 @@ import msgspec
 import structlog
 import trio
 
-from .clients import ClientRegistry, validate_scope_token
+from .clients import ClientStore, validate_scope_token
 from .ratelimit import FailureLimiter
 from .tokens import TokenIssuer
 
@@ -69,7 +69,7 @@ def _invalid_request(description: str) -> _Fail:
 
 
 class TokenEndpoint:
-    def __init__(self, clients: ClientRegistry, issuer: TokenIssuer, limiter: FailureLimiter) -> None:
+    def __init__(self, clients: ClientStore, issuer: TokenIssuer, limiter: FailureLimiter) -> None:
         self._clients = clients
         self._issuer = issuer
         self._limiter = limiter
