@@ -15,13 +15,17 @@ import msgspec
 import pytest
 import trio
 
+from cloudlayer.acquirer.connector import Iso8583Connector
+from cloudlayer.acquirer.saf import SafQueue
 from cloudlayer.config import ConfigError, StoreConfig, load_config
 from cloudlayer.store.owner import OwnerId, boot_id, local_host
 from cloudlayer.store.pg.database import Database
 from cloudlayer.store.pg.lease import Lease
 from cloudlayer.store.pg.store import LeaseGone
-from cloudlayer.store.types import ClaimOutcome, LeaseLost, NotOwner, State, StoreUnavailable
+from cloudlayer.store.types import ClaimOutcome, Completion, LeaseLost, NotOwner, State, StoreUnavailable
+from cloudlayer.transactions import fencing
 from store_backends import DEFAULT_CFG, PgBackend
+from test_acquirer_support import SEALER, acquirer_config, request
 from test_store_contract import completion, rec
 
 REMOTE = "other-host:0123456789ab:4242:99"  # an owner on another host: /proc cannot judge it, only its lease
@@ -262,3 +266,45 @@ def test_lease_settings_at_their_bound_load(tmp_path: Path) -> None:
     assert cfg.store.lease_ttl == 9.5 and cfg.store.lease_renew == 0.5
     defaults = _load(tmp_path, "")
     assert defaults.store.lease_ttl >= 3 * defaults.acquirer.timeout + defaults.store.lease_renew
+
+
+# ---- a late owner holding an approval (transactions/fencing.py) --------------------------------------
+
+
+def approved_completion(code: str = "A1B2C3") -> Completion:
+    return msgspec.structs.replace(completion(b"approved"), approved=True, authorisation_code=code, response_code="00")
+
+
+async def test_a_fenced_approval_is_reversed_only_when_the_record_does_not_carry_it(
+    pg: PgBackend, tmp_path: Path
+) -> None:
+    connector = Iso8583Connector(acquirer_config(), tmp_path / "saf", SEALER, host="127.0.0.1", port=9)
+    try:
+        async with pg.open(owner_id=REMOTE) as old:
+            claimed = [(await old.claim(rec(tid))).record for tid in ("agrees", "declined", "recovering")]
+        expire(pg, REMOTE, seconds_ago=30.0)
+        async with pg.open(send_window=0.5) as taker:
+            for tid in ("agrees", "declined", "recovering"):
+                assert await taker.take_over("c1", tid, REMOTE) is not None
+            await taker.complete("c1", "agrees", approved_completion())  # its inquiry found our approval
+            declined = msgspec.structs.replace(
+                completion(b"declined"), approved=False, authorisation_code=None, response_code="91"
+            )
+            await taker.complete("c1", "declined", declined)  # its inquiry found nothing: reversed, declined
+            stans = {"agrees": 1, "declined": 2, "recovering": 3}
+            answers = {}
+            for r in claimed:
+                answers[r.transaction_id] = await fencing.after_fenced(
+                    taker, connector, r, approved_completion(), lambda r: request(stans[r.transaction_id])
+                )
+        assert answers["agrees"] is not None and answers["agrees"].response_body == b"approved"
+        assert answers["declined"] is not None and answers["declined"].response_body == b"declined"
+        assert answers["recovering"] is None  # still PENDING under its new owner: 503, it decides
+        assert connector.reversals_queued == 1  # the approval the recorded decline does not carry
+        saf = SafQueue(tmp_path / "saf", SEALER)
+        try:
+            assert [entry.stan for _key, entry in saf.entries()] == ["000002"]
+        finally:
+            saf.close()
+    finally:
+        await connector.aclose()

@@ -195,10 +195,14 @@ class PgStore:
     async def _lose(self, why: str) -> None:
         log.error("store_lease_lost", owner=self.owner_id, reason=why)
         self._lease.give_up(None)  # the guard closes first, whatever the database does next
-        try:
-            await self._call(self._lease.give_up)  # end it now in the database: takers need not wait it out
-        except DatabaseUnavailable:
-            pass  # it runs out by itself within lease_ttl
+        while True:  # end it now in the database (takers need not wait it out), and know the database is back
+            try:
+                await self._call(self._lease.give_up)
+                break
+            except DatabaseUnavailable:
+                # The lease runs out by itself meanwhile. Restarting now would only fail to start (no database):
+                # stay, refusing everything with 503, until the database answers again.
+                await trio.sleep(self._cfg.lease_renew)
         if self._on_lease_lost is not None:
             # In-flight requests answer first (their sends are refused, their completions fenced).
             await trio.sleep(self._send_window + 1.0)
