@@ -7,7 +7,6 @@ tests/test_pg_lease_hosts.py."""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from cloudlayer.acquirer.saf import SafQueue
 from cloudlayer.config import ConfigError, StoreConfig, load_config
 from cloudlayer.store.owner import OwnerId, boot_id, local_host
 from cloudlayer.store.pg.database import Database
-from cloudlayer.store.pg.lease import Lease
+from cloudlayer.store.pg.lease import Lease, boottime
 from cloudlayer.store.pg.store import LeaseGone
 from cloudlayer.store.types import ClaimOutcome, Completion, LeaseLost, NotOwner, State, StoreUnavailable
 from cloudlayer.transactions import fencing
@@ -65,7 +64,7 @@ def epoch_of(pg: PgBackend, tid: str = "t1") -> int:
 async def test_the_local_bound_falls_before_the_databases_lease_end(pg: PgBackend) -> None:
     async with pg.open(send_window=1.5) as store:
         await store.heartbeat()
-        local_left = store.send_guard.deadline - time.monotonic()
+        local_left = store.send_guard.deadline - boottime()
         db_left = lease_left(pg, store.owner_id)
         assert db_left is not None
         # deadline = (moment the renewal was sent) + ttl - margin: at least the margin before the database's end.

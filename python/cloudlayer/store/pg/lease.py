@@ -19,6 +19,13 @@ from collections.abc import Callable
 
 from .database import Conn
 
+
+def boottime() -> float:
+    """A monotonic clock that also runs through a system suspend (CLOCK_BOOTTIME), not only a process stop:
+    a host that wakes past its deadline must see that it did. Plain monotonic where there is none."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
+
+
 # Every owner's lease: seconds left by the database's clock (<= 0: expired).
 LEASES_SQL = "SELECT owner, extract(epoch FROM lease_until - now())::float8 FROM owners"
 
@@ -26,9 +33,7 @@ LEASES_SQL = "SELECT owner, extract(epoch FROM lease_until - now())::float8 FROM
 class Lease:
     """The lease of one owner id. `renew` blocks (a worker thread); `may_send` is read on the event loop."""
 
-    def __init__(
-        self, owner: str, *, ttl: float, margin: float, monotonic: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, owner: str, *, ttl: float, margin: float, monotonic: Callable[[], float] = boottime) -> None:
         if not 0 < margin < ttl:
             raise ValueError("lease margin must be positive and below the lease's ttl")
         self.owner = owner
