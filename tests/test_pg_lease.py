@@ -25,6 +25,7 @@ from cloudlayer.store.types import ClaimOutcome, Completion, LeaseLost, NotOwner
 from cloudlayer.transactions import fencing
 from store_backends import DEFAULT_CFG, PgBackend
 from test_acquirer_support import SEALER, acquirer_config, request
+from test_saf_pg import _refuse_connections
 from test_store_contract import completion, rec
 
 REMOTE = "other-host:0123456789ab:4242:99"  # an owner on another host: /proc cannot judge it, only its lease
@@ -307,3 +308,27 @@ async def test_a_fenced_approval_is_reversed_only_when_the_record_does_not_carry
             saf.close()
     finally:
         await connector.aclose()
+
+
+async def test_a_lease_lost_while_the_database_is_down_restarts_only_once_it_answers_again(pg: PgBackend) -> None:
+    """Renewals fail, the local bound passes: the guard closes at once, but the worker asks for its restart only
+    once the database answers (a replacement could not start without it), after ending the lease there."""
+    pg.settings = msgspec.structs.replace(pg.settings, connect_timeout=1.0, pool_timeout=1.0)
+    cfg = StoreConfig(map_size_mb=4, max_map_size_mb=8, lease_ttl=2.0, lease_renew=0.2)
+    lost: list[float] = []
+    async with pg.open(cfg, send_window=0.5, on_lease_lost=lambda: lost.append(trio.current_time())) as store:
+        _refuse_connections(pg.database, True)
+        try:
+            with trio.fail_after(30):
+                while store.send_guard.may_send():  # noqa: ASYNC110 - the guard is a clock comparison
+                    await trio.sleep(0.05)
+            await trio.sleep(3.0)  # several renewal rounds, each refused
+            assert not lost and not store.writable()
+        finally:
+            _refuse_connections(pg.database, False)
+        with trio.fail_after(60):
+            while not lost:  # noqa: ASYNC110 - the callback has no event to wait on
+                await trio.sleep(0.05)
+        left = lease_left(pg, store.owner_id)
+        assert left is not None and left <= 0  # ended, not renewed
+        assert not store.send_guard.may_send()
