@@ -2,8 +2,9 @@
 
   - claim: INSERT ... ON CONFLICT DO NOTHING on (client_id, transaction_id), committed durably
     (synchronous_commit = on) before NEW is returned, i.e. before the acquirer sees anything;
-  - complete: one UPDATE guarded by `state = PENDING AND owner = us`, committed before the reply; it erases
-    the sealed request (card data is only ever stored sealed with the hosts' key: never in clear in PG);
+  - complete: one UPDATE guarded by `state = PENDING AND owner = us AND epoch = ours` and our live lease,
+    committed before the reply; it erases the sealed request (card data is only ever stored sealed with the
+    hosts' key: never in clear in PG);
   - replays answer with the exact `response_body` bytes stored;
   - owners: each holds a lease by the database's clock (store/pg/lease.py, migration 0005), renewed every
     store.lease_renew and never revived once expired; an owner lives while its lease does (on this host and
