@@ -1,5 +1,6 @@
 """A host paused past its lease while it holds a claim (issue 12, docs/postgres.md "Leases and fencing"): two
-real hosts (`cloudlayer serve`) on one real PostgreSQL and one real acquirer simulator over TCP. Host A's worker
+real hosts (`cloudlayer serve`) on one real PostgreSQL and one real acquirer simulator (ISO 8583 over TCP, or
+the HTTPS payment host: `connector_kind`). Host A's worker
 stops itself (SIGSTOP, the test hook CLOUDLAYER_TESTING_CRASH_AT=stop:<point>) holding a claim; host B recovers
 it on the resubmission once A's lease has run out and the acquirer timeout has passed; then the test continues
 A (SIGCONT). The simulator's ledger shows no second send, A's late work is refused (its send by the guard, its
@@ -26,6 +27,7 @@ import psutil
 import pytest
 
 from cloudlayer.samples import sample_purchase
+from connector_kinds import Acquirer, start_acquirer
 from txn_harness import CLOUDLAYER, Host, SimulatorProcess
 
 pytestmark = pytest.mark.slow
@@ -40,16 +42,23 @@ PATIENT_SUPERVISOR = {
 
 
 @pytest.fixture
-def sim(tmp_path: Path) -> Iterator[SimulatorProcess]:
-    s = SimulatorProcess(tmp_path / "sim")
-    yield s
-    s.stop()
+def acquirer(tmp_path: Path, connector_kind: str) -> Iterator[Acquirer]:
+    acq = start_acquirer(connector_kind, tmp_path / "acquirer")
+    yield acq
+    acq.stop()
 
 
-def two_hosts(tmp_path: Path, sim: SimulatorProcess, pg_database: Any, stop_at: str) -> tuple[Host, Host]:
+@pytest.fixture
+def sim(acquirer: Acquirer) -> SimulatorProcess:
+    """The ledger (both simulators keep the same one)."""
+    return acquirer.simulator
+
+
+def two_hosts(tmp_path: Path, acquirer: Acquirer, pg_database: Any, stop_at: str) -> tuple[Host, Host]:
     store = pg_database.store_section(**LEASE)
     common = {"store": store, "server": PATIENT_SUPERVISOR}
-    a = Host(tmp_path / "a", sim, acquirer_timeout=ACQUIRER_TIMEOUT, extra=common)
+    sim = acquirer.simulator
+    a = Host(tmp_path / "a", sim, acquirer_timeout=ACQUIRER_TIMEOUT, extra=acquirer.host_extra(common))
     migrated = subprocess.run(
         [CLOUDLAYER, "db", "migrate", "--config", str(a.config)], capture_output=True, text=True, timeout=60
     )
@@ -65,7 +74,7 @@ def two_hosts(tmp_path: Path, sim: SimulatorProcess, pg_database: Any, stop_at: 
         "server": {**PATIENT_SUPERVISOR, "sealing_key_file": str(var_a / "keys" / "sealing.key")},
     }
     a.start(env={"CLOUDLAYER_TESTING": "1", "CLOUDLAYER_TESTING_CRASH_AT": f"stop:{stop_at}"})
-    b = Host(tmp_path / "b", sim, acquirer_timeout=ACQUIRER_TIMEOUT, extra=shared)
+    b = Host(tmp_path / "b", sim, acquirer_timeout=ACQUIRER_TIMEOUT, extra=acquirer.host_extra(shared))
     b.start()
     return a, b
 
@@ -148,9 +157,9 @@ def wait_for_log(host: Host, text: str, within: float = 30.0) -> None:
 
 
 def test_host_paused_holding_an_approval_past_its_lease_cannot_complete_and_both_replay_the_recovery(
-    tmp_path: Path, sim: SimulatorProcess, pg_database: Any
+    tmp_path: Path, acquirer: Acquirer, sim: SimulatorProcess, pg_database: Any
 ) -> None:
-    a, b = two_hosts(tmp_path, sim, pg_database, stop_at="after_acquirer")
+    a, b = two_hosts(tmp_path, acquirer, pg_database, stop_at="after_acquirer")
     paused: psutil.Process | None = None
     try:
         hdrs = {"Authorization": f"Bearer {a.token()}", "Content-Type": "application/json"}
@@ -186,9 +195,9 @@ def test_host_paused_holding_an_approval_past_its_lease_cannot_complete_and_both
 
 
 def test_host_paused_between_claim_and_send_past_its_lease_sends_nothing_and_answers_503(
-    tmp_path: Path, sim: SimulatorProcess, pg_database: Any
+    tmp_path: Path, acquirer: Acquirer, sim: SimulatorProcess, pg_database: Any
 ) -> None:
-    a, b = two_hosts(tmp_path, sim, pg_database, stop_at="after_pending")
+    a, b = two_hosts(tmp_path, acquirer, pg_database, stop_at="after_pending")
     paused: psutil.Process | None = None
     try:
         hdrs = {"Authorization": f"Bearer {a.token()}", "Content-Type": "application/json"}
