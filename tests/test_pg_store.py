@@ -96,16 +96,16 @@ async def test_waiter_is_woken_by_notify_not_by_polling(pg: PgBackend) -> None:
         assert woke[0] - t0 < 0.4  # the NOTIFY, not a poll, woke it
 
 
-async def test_owner_on_another_host_lives_by_heartbeat_on_the_database_clock(pg: PgBackend) -> None:
+async def test_owner_on_another_host_lives_by_its_lease_on_the_database_clock(pg: PgBackend) -> None:
     remote = "other-host:0123456789ab:4242:99"
     async with pg.open(owner_id=remote) as ghost:
-        await ghost.claim(rec())  # run() heartbeats before it starts serving
+        await ghost.claim(rec())  # run() takes the lease before it starts serving
     async with pg.open() as store:
-        assert (await store.claim(rec())).outcome is ClaimOutcome.IN_FLIGHT  # fresh heartbeat
-        with pg.database.connect() as conn:  # the remote host stops beating: its heartbeat ages
-            conn.execute("UPDATE owners SET last_seen = now() - interval '11 seconds' WHERE owner = %s", (remote,))
+        assert (await store.claim(rec())).outcome is ClaimOutcome.IN_FLIGHT  # its lease runs
+        with pg.database.connect() as conn:  # the remote host stops renewing: its lease runs out
+            conn.execute("UPDATE owners SET lease_until = now() - interval '1 second' WHERE owner = %s", (remote,))
         assert (await store.claim(rec())).outcome is ClaimOutcome.ORPHANED
-        await store.heartbeat()  # refreshes the ages owner_alive() answers from
+        await store.heartbeat()  # refreshes the leases owner_alive() answers from
         assert not store.owner_alive(remote)
         assert not store.owner_alive("garbage")  # not an owner id and no heartbeat
         taken = await store.take_over("c1", "t1", remote)
@@ -141,7 +141,7 @@ async def test_integrity_check_on_the_database(pg: PgBackend) -> None:
         db = Database(pg.settings)
         db.open_sync()
         try:
-            return db.call_sync(lambda conn: scan_database(conn, describe="test", owner_timeout=10.0, **kw))
+            return db.call_sync(lambda conn: scan_database(conn, describe="test", **kw))
         finally:
             db.close()
 

@@ -103,8 +103,13 @@ class StoreConfig(_Section):
     group_commit_max: int = 64
     retention_days: float = 90.0
     purge_interval: float = 3600.0
-    # A PENDING record whose owner has not refreshed its heartbeat for this long is treated as orphaned.
+    # backend = "lmdb": a PENDING record whose owner has not refreshed its heartbeat for this long is orphaned.
     owner_timeout: float = 10.0
+    # backend = "postgres": each worker's lease on its claims, by the database's clock (docs/postgres.md, "Leases
+    # and fencing"): renewed every lease_renew seconds to now() + lease_ttl. Another host takes a claim over only
+    # once its owner's lease has run out. At least 3 x acquirer.timeout + lease_renew.
+    lease_ttl: float = 40.0
+    lease_renew: float = 2.0
     # backend = "postgres" (store/pg/settings.py checks these): a libpq DSN without a password, e.g.
     # "host=db.internal port=5432 dbname=cloudlayer user=cloudlayer sslmode=verify-full"; the password is read
     # from postgres_password_file (0600, relative to the working directory), never from the TOML.

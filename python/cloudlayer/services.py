@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 
 import lmdb
+import structlog
 import trio
 from quart_trio import QuartTrio
 
@@ -22,6 +25,19 @@ from .store import open_store
 from .transactions import route as transaction_route
 from .transactions.flow import TransactionFlow
 
+log = structlog.get_logger(__name__)
+# A worker whose store lease is gone exits with this; the supervisor replaces it (docs/postgres.md).
+EXIT_LEASE_LOST = 75
+
+
+def restart_worker() -> None:
+    """The store lease is lost: this process must never act under its owner id again. It exits, as a crashed
+    worker would, and the supervisor replaces it: a new process is a new owner id (store/owner.py)."""
+    log.error("worker_exiting_lease_lost", exit_code=EXIT_LEASE_LOST)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_LEASE_LOST)
+
 
 class Services:
     def __init__(self, cfg: Config) -> None:
@@ -31,8 +47,9 @@ class Services:
         # The data key that seals card data at rest (pending requests, SAF reversals).
         self.sealer = Sealer.from_config(cfg)
         self.oauth = OAuthService.from_config(cfg)
-        self.store = open_store(cfg)  # store.backend: LMDB (embedded) or PostgreSQL (shared by hosts)
-        self.connector = build_connector(cfg, self.sealer)
+        # store.backend: LMDB (embedded) or PostgreSQL (shared by hosts, each worker holding a lease).
+        self.store = open_store(cfg, on_lease_lost=restart_worker)
+        self.connector = build_connector(cfg, self.sealer, guard=self.store.send_guard)
         self.flow = TransactionFlow(
             self.store,
             self.connector,

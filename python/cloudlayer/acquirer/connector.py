@@ -3,8 +3,9 @@
 Requests on a link are matched to answers by key (message class + field 11 + field 41), not by order. Every
 exchange runs under the acquirer timeout; when the outcome of a sent message is unknown (timeout, link lost,
 garbage from the peer) a durable reversal is queued in the store-and-forward queue before the caller hears
-OutcomeUnknown. One nursery (`run`) owns the links (connect, sign-on, reader, echo, reconnect with backoff)
-and the SAF retry loop.
+OutcomeUnknown. The store's send guard is checked right before each transaction frame is written (LeaseExpired
+past it, docs/postgres.md "Leases and fencing"). One nursery (`run`) owns the links (connect, sign-on, reader,
+echo, reconnect with backoff) and the SAF retry loop.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import trio
 
 from ..config import AcquirerConfig
 from ..sealing import Sealer
+from ..store.types import ALWAYS_SEND, SendGuard
 from . import spec
 from .backoff import backoff_delay
 from .codec import EncodeError, FrameError, FrameReader, Framing, Message, decode, encode
-from .link import Key, _Link, _NotSent, _Pending, _SendState, _Unknown
+from .link import Key, _Fenced, _Link, _NotSent, _Pending, _SendState, _Unknown
 from .messages import build_request, network_request, parse_response, request_mti, reversal_for
 from .saf import SafItem, SafQueue, entry_key, owner_id
 from .saf_forwarding import SafForwarder
@@ -34,6 +36,7 @@ from .types import (
     AcquirerRequest,
     AcquirerResponse,
     AcquirerUnavailable,
+    LeaseExpired,
     MessageKind,
     OutcomeUnknown,
     RequestNotEncodable,
@@ -54,8 +57,10 @@ class Iso8583Connector:
         host: str | None = None,
         port: int | None = None,
         tls_context: ssl.SSLContext | None = None,
+        guard: SendGuard = ALWAYS_SEND,
     ) -> None:
         self._cfg = config
+        self._guard = guard
         self._host = host or config.host
         self._port = port if port is not None else config.port
         # Built once (files read at start, not per reconnect); from the config's paths as given if not passed.
@@ -121,12 +126,18 @@ class Iso8583Connector:
 
     async def _send(self, request: AcquirerRequest) -> AcquirerResponse:
         msg, frame = self._encode(request, request_mti(request, self._cfg.purchase_mti))
-        state = _SendState()
+        state = _SendState(self._guard)
         try:
             reply = await self._exchange(msg, state, frame=frame)
+        except _Fenced as e:
+            raise LeaseExpired(str(e), sent=False) from None
         except _NotSent as e:
             raise AcquirerUnavailable(str(e)) from None
         except _Unknown as e:
+            if not self._guard.may_send():
+                # Our lease ran out meanwhile: the record's next owner inquires (after the lease end plus our
+                # timeout) and decides; a reversal queued now could race its recovery. As after a crash here.
+                raise LeaseExpired(f"{e}; the lease ran out: left to the next owner", sent=True) from None
             with trio.CancelScope(shield=True):
                 await self.queue_reversal(request, str(e))
             raise OutcomeUnknown(f"{e}; reversal queued") from None
@@ -141,7 +152,9 @@ class Iso8583Connector:
         mti = spec.REPEAT_OF[request_mti(request, self._cfg.purchase_mti)]
         msg, frame = self._encode(request, mti)
         try:
-            reply = await self._exchange(msg, _SendState(), frame=frame)
+            reply = await self._exchange(msg, _SendState(self._guard), frame=frame)
+        except _Fenced as e:
+            raise LeaseExpired(str(e), sent=False) from None
         except _NotSent as e:
             raise AcquirerUnavailable(str(e)) from None
         except _Unknown as e:
@@ -258,6 +271,8 @@ class Iso8583Connector:
             stream = link.stream
             if stream is None:
                 raise _NotSent("connection closed")
+            if state.guard is not None and not state.guard.may_send():  # the last moment before the write
+                raise _Fenced("not sent: this worker's store lease may have run out")
             state.sent = True
             # A send_all cut short leaves half a frame on the wire, so it is not cancellable from
             # outside; if it cannot finish within the timeout, the connection is dropped.
@@ -427,8 +442,8 @@ class Iso8583Connector:
             return
         try:
             msg = build_request(item.request, mti, self._cfg.acquirer_institution_id)
-            reply = await self._exchange(msg, _SendState())
-        except (_NotSent, _Unknown, ValueError) as e:
+            reply = await self._exchange(msg, _SendState(self._guard))
+        except (_NotSent, _Unknown, _Fenced, ValueError) as e:
             retry_in = backoff_delay(item.attempts, self._cfg.saf_retry_min, self._cfg.saf_retry_max)
             await trio.to_thread.run_sync(self._saf.release, item.key, self._owner, retry_in, str(e))
             log.info("reversal_retry_scheduled", stan=item.request.stan, retry_in=round(retry_in, 2), error=str(e))

@@ -7,11 +7,14 @@ from pathlib import Path
 
 from ..config import Config, ConfigError
 from ..sealing import Sealer
+from ..store.types import ALWAYS_SEND, SendGuard
 from .saf_store import SafStore, open_saf
 from .types import Connector
 
 
-def build_connector(cfg: Config, sealer: Sealer) -> Connector:
+def build_connector(cfg: Config, sealer: Sealer, *, guard: SendGuard = ALWAYS_SEND) -> Connector:
+    """`guard`: the store's send guard (store.types.SendGuard), checked before each write to the acquirer. A custom
+    connector is not handed it: the flow checks it before calling `send` or `inquire`."""
     # The LMDB queue is opened by the connector from its path; PostgreSQL's (store.backend) is built here.
     saf_path = cfg.var_path(cfg.acquirer.saf_path)
     saf: Path | SafStore = open_saf(cfg, sealer) if cfg.store.backend == "postgres" else saf_path
@@ -19,14 +22,15 @@ def build_connector(cfg: Config, sealer: Sealer) -> Connector:
     if kind == "http":
         from .payment_host.connector import HttpConnector
 
-        return HttpConnector.from_config(cfg, saf, sealer)
+        return HttpConnector.from_config(cfg, saf, sealer, guard=guard)
     if kind == "custom":
         return _custom(cfg, sealer)
     from .connector import Iso8583Connector
     from .tls import client_context
 
     # The TLS context is checked once at start (server.serve), so a bad file stops the start with one line.
-    return Iso8583Connector(cfg.acquirer, saf, sealer, tls_context=client_context(cfg.acquirer, cfg.var_path))
+    tls = client_context(cfg.acquirer, cfg.var_path)
+    return Iso8583Connector(cfg.acquirer, saf, sealer, tls_context=tls, guard=guard)
 
 
 def _custom(cfg: Config, sealer: Sealer) -> Connector:

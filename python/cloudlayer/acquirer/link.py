@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import structlog
 import trio
 
 from .codec import Message
+
+if TYPE_CHECKING:
+    from ..store.types import SendGuard
 
 log = structlog.get_logger("cloudlayer.acquirer.connector")
 
@@ -20,11 +25,16 @@ class _Unknown(Exception):
     """The message may have reached the acquirer; no answer came."""
 
 
-class _SendState:
-    __slots__ = ("sent",)
+class _Fenced(Exception):
+    """The send guard refused right before the write: nothing of this message left this process."""
 
-    def __init__(self) -> None:
+
+class _SendState:
+    __slots__ = ("guard", "sent")
+
+    def __init__(self, guard: SendGuard | None = None) -> None:
         self.sent = False
+        self.guard = guard  # a transaction's message (not sign-on, echo or their answers): checked before writing
 
 
 class _Pending:

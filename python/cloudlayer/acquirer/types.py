@@ -88,6 +88,16 @@ class OutcomeUnknown(Exception):
     """
 
 
+class LeaseExpired(Exception):
+    """The store's send guard refused (this worker's lease on its claims may have run out, docs/postgres.md):
+    nothing more is sent for this request and no reversal is queued here; the record's next owner recovers it.
+    `sent`: the message may already have reached the acquirer before the guard closed (its outcome unknown)."""
+
+    def __init__(self, reason: str, *, sent: bool) -> None:
+        super().__init__(reason)
+        self.sent = sent
+
+
 class Connector(Protocol):
     """An acquirer link (docs/connectors.md is the full contract). Implementations run their background tasks
     in a nursery via `run`; the flow calls only what is below and knows no connector by name."""

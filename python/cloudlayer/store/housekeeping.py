@@ -1,6 +1,7 @@
-"""The background duty every store backend runs in its nursery: heartbeat every owner_timeout/3 (so others can
-tell this owner lives), purge COMPLETED records past retention every purge_interval. A failure is logged and the
-next round tries again: neither may take the store down."""
+"""The background duty every store backend runs in its nursery: heartbeat every `beat` seconds (LMDB:
+owner_timeout/3; PostgreSQL: store.lease_renew, its lease renewal) so that others can tell this owner lives;
+purge COMPLETED records past retention every purge_interval. A failure is logged and the next round tries
+again: neither may take the store down."""
 
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ class _Keeps(Protocol):
     async def heartbeat(self) -> None: ...
 
 
-async def run_housekeeping(store: _Keeps, cfg: StoreConfig, clock: Callable[[], float]) -> None:
-    beat = max(cfg.owner_timeout / 3, 0.05)
+async def run_housekeeping(
+    store: _Keeps, cfg: StoreConfig, clock: Callable[[], float], *, beat: float | None = None
+) -> None:
+    beat = max(cfg.owner_timeout / 3 if beat is None else beat, 0.05)
     next_purge = trio.current_time()
     while True:
         if trio.current_time() >= next_purge:

@@ -274,7 +274,6 @@ def _scan_postgres(cfg: Config, pending_max_age: float) -> IntegrityReport:
             lambda conn: scan_database(
                 conn,
                 describe=settings.describe(),
-                owner_timeout=cfg.store.owner_timeout,
                 pending_max_age=pending_max_age,
             )
         )

@@ -40,12 +40,14 @@ from . import codec, ids, lmdb_keys
 from .housekeeping import run_housekeeping
 from .owner import OwnerId, current_owner_id, local_owner_alive
 from .types import (
+    ALWAYS_SEND,
     Claim,
     ClaimOutcome,
     Completion,
     Event,
     NotOwner,
     OwnerDied,
+    SendGuard,
     State,
     StoreFull,
     TransactionRecord,
@@ -88,6 +90,7 @@ class LmdbStore:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.owner_id = owner_id or current_owner_id()
+        self.send_guard: SendGuard = ALWAYS_SEND  # one host: nobody else can take our claims while we live
         # PENDING keys this process gave up on (abandon): treated as orphaned although we are alive.
         self._abandoned: set[bytes] = set()
         self.path = Path(path)

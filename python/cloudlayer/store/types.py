@@ -130,12 +130,35 @@ class NotOwner(Exception):
     """complete() on a record that is not PENDING under our owner id (missing, completed, or taken over)."""
 
 
+class LeaseLost(NotOwner):
+    """complete() fenced: the record was taken over (its epoch moved on) or this owner's lease ran out, so the
+    completion was not recorded. The record's current owner decides the outcome (docs/postgres.md)."""
+
+
+class SendGuard(Protocol):
+    """What a connector asks right before each write to the acquirer (docs/postgres.md "Leases and fencing").
+    The store offers it: PostgreSQL's is its lease's local bound; LMDB (one host) always allows."""
+
+    def may_send(self) -> bool: ...
+
+
+class AlwaysSend:
+    """The guard of a store that no other host can take a claim from (LMDB), or of a connector without a store."""
+
+    def may_send(self) -> bool:
+        return True
+
+
+ALWAYS_SEND: SendGuard = AlwaysSend()
+
+
 class OwnerDied(Exception):
     """wait_completed(): the PENDING record's owner died while we waited; claim again (-> ORPHANED)."""
 
 
 class TransactionStore(Protocol):
     owner_id: str  # this worker's identity, written into the PENDING records it claims
+    send_guard: SendGuard  # checked by the connector before every acquirer write
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The group-commit writer and the retention purger; runs in the app's nursery."""

@@ -5,6 +5,9 @@ The order of durable steps is the whole point (DESIGN.md, "One transaction, end 
   COMPLETED (with the exact response bytes) is on disk before the caller sees the answer.
 Once a claim is NEW the rest runs shielded from cancellation (a client hanging up must not leave an
 authorization unrecorded); the acquirer wait inside it has its own deadline.
+With a store shared by hosts, this worker's lease can run out mid-way (docs/postgres.md "Leases and fencing"):
+then nothing more is sent (the store's send guard), its completion is fenced, and the answer is 503 Retry-After
+or the record's new owner's answer, never a decline made up here.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from ..acquirer.types import (
     AcquirerResponse,
     AcquirerUnavailable,
     Connector,
+    LeaseExpired,
     MessageKind,
     OutcomeUnknown,
     RequestNotEncodable,
@@ -38,11 +42,13 @@ from ..store.types import (
     ClaimOutcome,
     Completion,
     Event,
+    LeaseLost,
     OwnerDied,
     State,
     TransactionRecord,
     TransactionStore,
 )
+from . import fencing
 from .decoding import conflict, decode, duplicate_card, parse_emv
 from .mapping import build_acquirer_request, fingerprint, transaction_key
 from .models import APPROVED_CODES, TransactionResponse, TransactionType, encode_response, response_message
@@ -63,6 +69,8 @@ _CRASH_AT: Final = os.environ.get("CLOUDLAYER_TESTING_CRASH_AT", "") if os.envir
 def _crash_point(name: str) -> None:
     if _CRASH_AT == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    elif _CRASH_AT == f"stop:{name}":  # a pause there (SIGSTOP): the test continues us with SIGCONT
+        os.kill(os.getpid(), signal.SIGSTOP)
     elif _CRASH_AT == f"raise:{name}":  # a bug or a store error at that point, the process living on
         raise RuntimeError(f"test fault at {name}")
 
@@ -234,6 +242,7 @@ class TransactionFlow:
         t0 = trio.current_time()
         sent: tuple[Event, ...] = (Event(sent_at, "sent", rec.acquirer_mti),)  # the timeline says so only if so
         try:
+            self._check_guard()
             resp = await self._connector.send(acq_req)
             outcome = "approved" if resp.response_code in APPROVED_CODES else "declined"
             last = Event(time.time(), "answered", resp.response_code)
@@ -241,6 +250,8 @@ class TransactionFlow:
                 resp, outcome = await self._forward_unacknowledged(acq_req, resp.response_code)
         except RequestNotEncodable as e:
             return await self._refuse(rec, e)
+        except LeaseExpired as e:
+            raise fencing.lease_expired(rec, e) from None
         except AcquirerUnavailable as e:
             log.warning("acquirer_unavailable", transaction_id=rec.transaction_id, stan=rec.stan, reason=str(e))
             if acq_req.kind is MessageKind.REVERSAL:
@@ -279,9 +290,12 @@ class TransactionFlow:
         with trio.move_on_after(self._link_wait):  # after a restart the link may not be signed on yet: an
             await self._connector.wait_ready()  # inquiry without it would reverse an approval it could recover
         try:
+            self._check_guard()
             found = await self._connector.inquire(acq_req)
         except RequestNotEncodable as e:
             return await self._refuse(rec, e)
+        except LeaseExpired as e:
+            raise fencing.lease_expired(rec, e) from None
         except (AcquirerUnavailable, OutcomeUnknown) as e:
             log.warning("inquiry_failed", transaction_id=rec.transaction_id, reason=str(e))
             found = None
@@ -315,7 +329,9 @@ class TransactionFlow:
     async def _refuse(self, rec: TransactionRecord, e: RequestNotEncodable) -> Answer:
         log.error("request_not_encodable", transaction_id=rec.transaction_id, stan=rec.stan, reason=str(e))
         done = not_encodable(e)  # a bug made harmless: nothing was sent (refusal.py)
-        await self._store.complete(rec.client_id, rec.transaction_id, done)
+        fenced = await self._record(rec, done)
+        if fenced is not None:
+            return fenced
         return Answer(status=done.response_status, body=done.response_body, transaction_id=rec.transaction_id)
 
     def _replay(self, rec: TransactionRecord) -> Answer:
@@ -376,7 +392,9 @@ class TransactionFlow:
             events=(*events, Event(time.time(), "completed", outcome)),
         )
         # For a REVERSAL the store marks (or releases) its original in this same step (store.reversals.settle).
-        await self._store.complete(rec.client_id, rec.transaction_id, completion)
+        fenced = await self._record(rec, completion)
+        if fenced is not None:
+            return fenced
         _crash_point("after_completed")
         return Answer(
             transaction_id=rec.transaction_id,
@@ -388,6 +406,24 @@ class TransactionFlow:
             rrn=rec.rrn,
             acquirer_seconds=acquirer_seconds,
         )
+
+    # ---- a lease that ran out (docs/postgres.md "Leases and fencing") ---------------------------------
+
+    def _check_guard(self) -> None:
+        """The store's send guard, for any connector (the built-in ones check it again at the write itself)."""
+        if not self._store.send_guard.may_send():
+            raise LeaseExpired("not sent: this worker's store lease may have run out", sent=False)
+
+    async def _record(self, rec: TransactionRecord, completion: Completion) -> Answer | None:
+        """Complete; None once recorded, else (fenced: taken over, or our lease ran out) the answer to give."""
+        try:
+            await self._store.complete(rec.client_id, rec.transaction_id, completion)
+        except LeaseLost:
+            current = await fencing.after_fenced(self._store, self._connector, rec, completion, self._unseal)
+            if current is None:
+                raise fencing.handed_over() from None
+            return self._replay(current)
+        return None
 
     # ---- helpers -----------------------------------------------------------------------------------
 

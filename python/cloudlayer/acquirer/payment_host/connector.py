@@ -6,7 +6,9 @@ processed is decided by whether its first byte went out, which httpcore's trace 
 (`*.send_request_headers.started`): before it, AcquirerUnavailable; after it (timeout, connection lost, 5xx,
 an answer that does not decode), OutcomeUnknown with a durable reversal queued first. A `401 invalid_token`
 refreshes the token once and resends once: the Idempotency-Key makes the resend safe. Reversals go through the
-same store-and-forward queue as the ISO connector's, with the same lease and backoff.
+same store-and-forward queue as the ISO connector's, with the same lease and backoff. The store's send guard is
+checked before each API call and again as its first byte is about to go (LeaseExpired past it, docs/postgres.md
+"Leases and fencing"); the ping probe is not guarded.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import trio
 from ...config import AcquirerConfig, Config
 from ...observability import metrics
 from ...sealing import Sealer
+from ...store.types import ALWAYS_SEND, SendGuard
 from .. import spec
 from ..backoff import backoff_delay
 from ..saf import SafItem, SafQueue, entry_key, owner_id
@@ -34,6 +37,7 @@ from ..types import (
     AcquirerRequest,
     AcquirerResponse,
     AcquirerUnavailable,
+    LeaseExpired,
     MessageKind,
     OutcomeUnknown,
 )
@@ -62,6 +66,10 @@ class _Unknown(Exception):
     """The request may have been processed; no usable answer came."""
 
 
+class _Fenced(Exception):
+    """The send guard refused before the request's first byte: nothing was sent."""
+
+
 class _SendState:
     __slots__ = ("sent",)
 
@@ -73,9 +81,16 @@ class HttpConnector:
     """`Connector` for the payment host. Start `run` in a nursery; `aclose` (or cancelling it) stops it."""
 
     def __init__(
-        self, config: AcquirerConfig, saf_path: Path | SafStore, sealer: Sealer, *, base_dir: str = "."
+        self,
+        config: AcquirerConfig,
+        saf_path: Path | SafStore,
+        sealer: Sealer,
+        *,
+        base_dir: str = ".",
+        guard: SendGuard = ALWAYS_SEND,
     ) -> None:
         self._cfg = config
+        self._guard = guard
         h = config.http
         self._base = h.base_url.rstrip("/")
         creds = ClientCredentials.from_config(h, base_dir)
@@ -110,8 +125,10 @@ class HttpConnector:
         self.token_resends = 0
 
     @classmethod
-    def from_config(cls, cfg: Config, saf_path: Path | SafStore, sealer: Sealer) -> HttpConnector:
-        return cls(cfg.acquirer, saf_path, sealer, base_dir=cfg.base_dir)
+    def from_config(
+        cls, cfg: Config, saf_path: Path | SafStore, sealer: Sealer, *, guard: SendGuard = ALWAYS_SEND
+    ) -> HttpConnector:
+        return cls(cfg.acquirer, saf_path, sealer, base_dir=cfg.base_dir, guard=guard)
 
     # --- the Connector protocol -------------------------------------------------------------------------
 
@@ -153,9 +170,13 @@ class HttpConnector:
             state = _SendState()
             try:
                 return await self._send_once(request, state)
+            except _Fenced as e:
+                raise LeaseExpired(str(e), sent=False) from None
             except _NotSent as e:
                 raise AcquirerUnavailable(str(e)) from None
             except _Unknown as e:
+                if not self._guard.may_send():  # as in the ISO connector: the next owner inquires and decides
+                    raise LeaseExpired(f"{e}; the lease ran out: left to the next owner", sent=True) from None
                 with trio.CancelScope(shield=True):
                     await self.queue_reversal(request, str(e))
                 raise OutcomeUnknown(f"{e}; reversal queued") from None
@@ -186,6 +207,8 @@ class HttpConnector:
             if resp.status_code == 404:
                 return None
             return self._authorization_answer(resp, key)
+        except _Fenced as e:
+            raise LeaseExpired(str(e), sent=False) from None
         except _NotSent as e:
             raise AcquirerUnavailable(str(e)) from None
         except _Unknown as e:
@@ -237,21 +260,31 @@ class HttpConnector:
     # --- exchanges --------------------------------------------------------------------------------------
 
     async def _call(
-        self, method: str, path: str, state: _SendState, *, key: str | None = None, body: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        state: _SendState,
+        *,
+        key: str | None = None,
+        body: bytes | None = None,
+        guarded: bool = True,
     ) -> httpx.Response:
-        """One API call within acquirer.timeout (token wait included). Raises _NotSent or _Unknown; returns any
-        answer that is neither (the caller reads it)."""
+        """One API call within acquirer.timeout (token wait included). Raises _NotSent, _Unknown or _Fenced (the
+        send guard refused: `guarded` calls only); returns any answer that is none of them (the caller reads it)."""
         with trio.move_on_after(self._cfg.timeout):
-            return await self._call_with_token(method, path, state, key, body)
+            return await self._call_with_token(method, path, state, key, body, guarded)
         if state.sent:
             raise _Unknown("no answer within the acquirer timeout")
         raise _NotSent("no token or connection before the deadline")
 
     async def _call_with_token(
-        self, method: str, path: str, state: _SendState, key: str | None, body: bytes | None
+        self, method: str, path: str, state: _SendState, key: str | None, body: bytes | None, guarded: bool
     ) -> httpx.Response:
         async def trace(event: str, _info: Mapping[str, Any]) -> None:
             if event.endswith(".send_request_headers.started"):
+                # The last moment before the first byte (after the pool wait, connect and TLS handshake).
+                if guarded and not self._guard.may_send():
+                    raise _Fenced("not sent: this worker's store lease may have run out")
                 state.sent = True
 
         for attempt in (1, 2):
@@ -264,6 +297,8 @@ class HttpConnector:
                 headers[wire.IDEMPOTENCY_KEY] = key
             if body is not None:
                 headers["Content-Type"] = "application/json"
+            if guarded and not self._guard.may_send():
+                raise _Fenced("not sent: this worker's store lease may have run out")
             try:
                 resp = await self._http.request(
                     method, self._base + path, content=body, headers=headers, extensions={"trace": trace}
@@ -359,7 +394,7 @@ class HttpConnector:
                     await self._probe_wakeup.wait()
                 continue
             try:
-                resp = await self._call("GET", wire.PING, _SendState())
+                resp = await self._call("GET", wire.PING, _SendState(), guarded=False)
                 ok = resp.status_code == 200
             except (_NotSent, _Unknown):
                 ok = False
@@ -390,7 +425,7 @@ class HttpConnector:
             return
         try:
             answer = await self._reverse(item.request, _SendState())
-        except (_NotSent, _Unknown) as e:
+        except (_NotSent, _Unknown, _Fenced) as e:
             retry_in = backoff_delay(item.attempts, self._cfg.saf_retry_min, self._cfg.saf_retry_max)
             await trio.to_thread.run_sync(self._saf.release, item.key, self._owner, retry_in, str(e))
             log.info("reversal_retry_scheduled", stan=item.request.stan, retry_in=round(retry_in, 2), error=str(e))

@@ -3,7 +3,7 @@
 Per row: the record decodes and its claim-time fields agree with the columns the lookups use (ids,
 fingerprint, RRN, terminal + STAN, creation time); COMPLETED holds an answer and no sealed request; PENDING
 holds its sealed request; no PENDING older than `pending_max_age` whose owner is dead (on this host by /proc,
-elsewhere by a heartbeat older than store.owner_timeout, by the database's clock); no card data in any stored
+elsewhere by its lease having run out, by the database's clock: store/pg/lease.py); no card data in any stored
 byte but the sealed request (ciphertext). The indexes are PostgreSQL's own, kept by it: not re-checked here.
 """
 
@@ -24,12 +24,11 @@ from .rows import COLUMNS, N_COLUMNS, to_record
 _BATCH = 500
 
 
-def _owner_dead(owner: str, heartbeat_age: float | None, owner_timeout: float) -> bool:
+def _owner_dead(owner: str, lease_left: float | None) -> bool:
     oid = OwnerId.parse(owner)
-    local = local_owner_alive(oid) if oid is not None else False
-    if local is not None:
-        return not local
-    return heartbeat_age is None or heartbeat_age >= owner_timeout
+    if oid is not None and local_owner_alive(oid) is False:
+        return True
+    return lease_left is None or lease_left <= 0
 
 
 def _stored_bytes(row: tuple[Any, ...]) -> bytes:
@@ -48,7 +47,7 @@ def _stored_bytes(row: tuple[Any, ...]) -> bytes:
 
 
 def scan_database(
-    conn: Conn, *, describe: str, owner_timeout: float, pending_max_age: float = 60.0, now: float | None = None
+    conn: Conn, *, describe: str, pending_max_age: float = 60.0, now: float | None = None
 ) -> IntegrityReport:
     now = time.time() if now is None else now
     report = IntegrityReport(path=f"postgres {describe}")
@@ -56,20 +55,18 @@ def scan_database(
     with conn.transaction(), conn.cursor(name="cloudlayer_integrity") as cur:
         cur.execute(
             f"SELECT {COLUMNS}, t.client_id, t.transaction_id, t.fingerprint, t.rrn, t.terminal_id, t.stan,"  # noqa: S608
-            " t.created_at, (SELECT extract(epoch FROM now() - o.last_seen)::float8 FROM owners o"
+            " t.created_at, (SELECT extract(epoch FROM o.lease_until - now())::float8 FROM owners o"
             " WHERE o.owner = t.owner) FROM transactions t ORDER BY t.client_id, t.transaction_id"
         )
         while batch := cur.fetchmany(_BATCH):
             for row in batch:
-                _check_row(row, report, now, pending_max_age, owner_timeout)
+                _check_row(row, report, now, pending_max_age)
     return report
 
 
-def _check_row(
-    row: tuple[Any, ...], report: IntegrityReport, now: float, pending_max_age: float, owner_timeout: float
-) -> None:
+def _check_row(row: tuple[Any, ...], report: IntegrityReport, now: float, pending_max_age: float) -> None:
     report.records += 1
-    client_id, transaction_id, fingerprint, rrn, terminal_id, stan, created_at, hb_age = row[N_COLUMNS : N_COLUMNS + 8]
+    client_id, transaction_id, fingerprint, rrn, terminal_id, stan, created_at, left = row[N_COLUMNS : N_COLUMNS + 8]
     key = codec.record_key(client_id, transaction_id)
     k = f"{client_id}/{transaction_id}"
     try:
@@ -84,5 +81,5 @@ def _check_row(
     _check_record(rec, key, _stored_bytes(row[:N_COLUMNS]), now, float("inf"), report)
     if rec.state is State.PENDING:
         age = now - rec.created_at
-        if age > pending_max_age and _owner_dead(rec.owner, hb_age, owner_timeout):
+        if age > pending_max_age and _owner_dead(rec.owner, left):
             report.problems.append(Problem("orphan", k, f"PENDING for {age:.0f}s and its owner is gone"))

@@ -46,11 +46,12 @@ def duplicate_card(conn: Conn, rec: TransactionRecord) -> Claim | None:
 
 
 def complete_reversal(
-    conn: Conn, client_id: str, transaction_id: str, owner: str, c: Completion, now: float
+    conn: Conn, client_id: str, transaction_id: str, owner: str, epoch: int, c: Completion, now: float
 ) -> TransactionRecord | None:
-    """Complete a REVERSAL and settle its original (mark or release) in the same transaction."""
+    """Complete a REVERSAL (fenced as rows.complete) and settle its original (mark or release) in the same
+    transaction."""
     with conn.transaction():
-        done = rows.complete(conn, client_id, transaction_id, owner, c, now)
+        done = rows.complete(conn, client_id, transaction_id, owner, epoch, c, now)
         if done is not None:
             settle_original(conn, done, now)
         return done

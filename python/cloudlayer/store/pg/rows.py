@@ -29,7 +29,10 @@ COLUMNS = (
 N_COLUMNS = 14
 _PK = "t.client_id = %s AND t.transaction_id = %s"
 # Statements interpolate only these module constants (S608 is off for this file); every value is a bound parameter.
-_HB_AGE = "(SELECT extract(epoch FROM now() - o.last_seen)::float8 FROM owners o WHERE o.owner = t.owner)"
+# Seconds left on the record owner's lease by the database's clock (<= 0 expired, NULL no such owner).
+_LEASE_LEFT = "(SELECT extract(epoch FROM o.lease_until - now())::float8 FROM owners o WHERE o.owner = t.owner)"
+# The completing owner's lease is live (migration 0006): an owner whose lease ran out completes nothing.
+_LEASE_LIVE = "EXISTS (SELECT 1 FROM owners o WHERE o.owner = t.owner AND o.lease_until > now())"
 
 
 def encode_events(events: list[Event] | tuple[Event, ...]) -> list[bytes]:
@@ -108,28 +111,24 @@ def set_reversed_by(conn: Conn, original: TransactionRecord, event: Event) -> No
 
 
 def find_claimed(conn: Conn, client_id: str, transaction_id: str) -> tuple[TransactionRecord, float | None] | None:
-    """The record under this key and its owner's heartbeat age by the database's clock (None: no heartbeat)."""
-    row = conn.execute(f"SELECT {COLUMNS}, {_HB_AGE} FROM transactions t WHERE {_PK}", (client_id, transaction_id))
+    """The record under this key and the seconds left on its owner's lease (store/pg/lease.py; None: no lease)."""
+    row = conn.execute(f"SELECT {COLUMNS}, {_LEASE_LEFT} FROM transactions t WHERE {_PK}", (client_id, transaction_id))
     found = row.fetchone()
     return None if found is None else (to_record(found), found[N_COLUMNS])
 
 
-def heartbeat_age(conn: Conn, owner: str) -> float | None:
-    row = conn.execute("SELECT extract(epoch FROM now() - last_seen)::float8 FROM owners WHERE owner = %s", (owner,))
-    found = row.fetchone()
-    return None if found is None else float(found[0])
-
-
 def complete(
-    conn: Conn, client_id: str, transaction_id: str, owner: str, c: Completion, now: float
+    conn: Conn, client_id: str, transaction_id: str, owner: str, epoch: int, c: Completion, now: float
 ) -> TransactionRecord | None:
-    """PENDING under `owner` -> COMPLETED with the answer, card data erased, in one statement (the trigger of
-    migration 0002 notifies waiters on commit). None: not PENDING under that owner."""
+    """PENDING under `owner` at `epoch`, its lease live -> COMPLETED with the answer, card data erased, in one
+    statement (the trigger of migration 0002 notifies waiters on commit). None: fenced (not PENDING under that
+    owner and epoch: completed, or taken over; or the owner's lease has run out)."""
     row = conn.execute(
         "UPDATE transactions t SET state = 'COMPLETED', completed_at = %s, sealed_request = NULL,"
         " response_status = %s, response_body = %s, response_code = %s, approved = %s, authorisation_code = %s,"
         " outcome = %s, events = cl_trim_events(t.events || %s::bytea[], %s)"
-        f" WHERE {_PK} AND t.state = 'PENDING' AND t.owner = %s RETURNING {COLUMNS}",
+        f" WHERE {_PK} AND t.state = 'PENDING' AND t.owner = %s AND t.epoch = %s AND {_LEASE_LIVE}"
+        f" RETURNING {COLUMNS}",
         (
             now,
             c.response_status,
@@ -143,6 +142,7 @@ def complete(
             client_id,
             transaction_id,
             owner,
+            epoch,
         ),
     ).fetchone()
     return None if row is None else to_record(row)
@@ -159,15 +159,19 @@ def add_events(conn: Conn, client_id: str, transaction_id: str, events: list[Eve
 
 def take_over(
     conn: Conn, client_id: str, transaction_id: str, dead_owner: str, owner: str, event: Event
-) -> TransactionRecord | None:
-    """PENDING under dead_owner -> under owner, epoch + 1. None if it is not (someone else won, or done)."""
+) -> tuple[TransactionRecord, int, float | None] | None:
+    """PENDING under dead_owner -> under owner, epoch + 1, in one statement: (the record, its new epoch, the
+    seconds left on dead_owner's lease, <= 0 once expired). None if it is not (someone else won, or done)."""
     row = conn.execute(
         "UPDATE transactions t SET owner = %s, epoch = t.epoch + 1,"
         " events = cl_trim_events(t.events || %s::bytea[], %s)"
-        f" WHERE {_PK} AND t.state = 'PENDING' AND t.owner = %s RETURNING {COLUMNS}",
-        (owner, encode_events([event]), codec.MAX_EVENTS, client_id, transaction_id, dead_owner),
+        f" WHERE {_PK} AND t.state = 'PENDING' AND t.owner = %s RETURNING {COLUMNS}, t.epoch,"
+        " (SELECT extract(epoch FROM o.lease_until - now())::float8 FROM owners o WHERE o.owner = %s)",
+        (owner, encode_events([event]), codec.MAX_EVENTS, client_id, transaction_id, dead_owner, dead_owner),
     ).fetchone()
-    return None if row is None else to_record(row)
+    if row is None:
+        return None
+    return to_record(row), int(row[N_COLUMNS]), row[N_COLUMNS + 1]
 
 
 def reserve_block(conn: Conn) -> int:
@@ -179,13 +183,6 @@ def reserve_block(conn: Conn) -> int:
     return int(row[0])
 
 
-def heartbeat(conn: Conn, owner: str) -> dict[str, float]:
-    """Record that `owner` lives (the database's clock) and return every owner's heartbeat age in seconds."""
-    conn.execute("INSERT INTO owners (owner) VALUES (%s) ON CONFLICT (owner) DO UPDATE SET last_seen = now()", (owner,))
-    rows = conn.execute("SELECT owner, extract(epoch FROM now() - last_seen)::float8 FROM owners").fetchall()
-    return {str(o): float(age) for o, age in rows}
-
-
 def purge(conn: Conn, older_than: float, limit: int, stale_owner_seconds: float) -> int:
     with conn.transaction():
         cur = conn.execute(
@@ -195,7 +192,7 @@ def purge(conn: Conn, older_than: float, limit: int, stale_owner_seconds: float)
             " WHERE t.client_id = old.client_id AND t.transaction_id = old.transaction_id AND t.state = 'COMPLETED'",
             (older_than, limit),
         )
-        conn.execute("DELETE FROM owners WHERE last_seen < now() - make_interval(secs => %s)", (stale_owner_seconds,))
+        conn.execute("DELETE FROM owners WHERE lease_until < now() - make_interval(secs => %s)", (stale_owner_seconds,))
         return cur.rowcount
 
 

@@ -7,6 +7,7 @@ stops the start with one line naming the key.
 
 from __future__ import annotations
 
+import math
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -84,9 +85,23 @@ def check_config(cfg: Config, bad: Callable[[str, str], ConfigError]) -> None:
             raise bad("store.postgres_password_file", "must be readable by its owner only (chmod 600)")
         if st.st_size == 0:
             raise bad("store.postgres_password_file", "is empty")
+    _check_lease(cfg, bad)
     if not 1 <= s.postgres_pool_min <= s.postgres_pool_max <= MAX_POOL:
         raise bad("store.postgres_pool_min", f"must be 1 <= postgres_pool_min <= postgres_pool_max <= {MAX_POOL}")
     for key in ("postgres_connect_timeout", "postgres_pool_timeout", "postgres_statement_timeout"):
         value = getattr(s, key)
         if not 0 < value <= 600:
             raise bad(f"store.{key}", "must be more than 0 and at most 600 seconds")
+
+
+def _check_lease(cfg: Config, bad: Callable[[str, str], ConfigError]) -> None:
+    """The lease must outlast what it protects (docs/postgres.md): a send's whole exchange (acquirer.timeout)
+    as the local bound's margin, a renewal's interval, and room for both again."""
+    s, timeout = cfg.store, cfg.acquirer.timeout
+    if not (math.isfinite(s.lease_renew) and 0.05 <= s.lease_renew <= 60):
+        raise bad("store.lease_renew", "must be between 0.05 and 60 seconds")
+    if not (math.isfinite(s.lease_ttl) and math.isfinite(timeout)) or s.lease_ttl > 3600:
+        raise bad("store.lease_ttl", "must be a number of seconds, at most 3600")
+    least = 3 * timeout + s.lease_renew
+    if s.lease_ttl < least:
+        raise bad("store.lease_ttl", f"must be at least 3 x acquirer.timeout + store.lease_renew ({least:g} s)")

@@ -2,16 +2,22 @@
 
   - claim: INSERT ... ON CONFLICT DO NOTHING on (client_id, transaction_id), committed durably
     (synchronous_commit = on) before NEW is returned, i.e. before the acquirer sees anything;
-  - complete: one UPDATE guarded by `state = PENDING AND owner = us`, committed before the reply; it erases
-    the sealed request (card data is only ever stored sealed with the hosts' key: never in clear in PG);
+  - complete: one UPDATE guarded by `state = PENDING AND owner = us AND epoch = ours` and our live lease,
+    committed before the reply; it erases the sealed request (card data is only ever stored sealed with the
+    hosts' key: never in clear in PG);
   - replays answer with the exact `response_body` bytes stored;
-  - owners: on this host and boot /proc is authoritative (store/owner.py); owners elsewhere live while their
-    heartbeat, stamped with the database's clock, is younger than `store.owner_timeout`;
+  - owners: each holds a lease by the database's clock (store/pg/lease.py, migration 0006), renewed every
+    store.lease_renew and never revived once expired; an owner lives while its lease does (on this host and
+    boot, /proc saying it is gone settles it sooner: store/owner.py). The lease's local bound is the send
+    guard connectors check before every acquirer write; a lost lease is final (`on_lease_lost` restarts);
+  - take-over: one UPDATE, epoch + 1; the taker then waits for the dead lease's end + acquirer.timeout before
+    it recovers, so that whatever the old owner sent has landed; complete is fenced by owner, epoch and a live
+    lease (LeaseLost otherwise);
   - waiting for a duplicate in flight anywhere: LISTEN/NOTIFY (store/pg/listener.py) with a bounded poll;
   - STAN/RRN: blocks of store.ids.BLOCK from the `id_blocks` sequence, unique across hosts and restarts.
 PostgreSQL groups concurrent commits into one WAL flush itself: there is no batching writer here.
 Card keys and a REVERSAL's hold on its original: store/pg/keys.py (migration 0004).
-The lease with its epoch fencing (issue 12) is not here yet: the `epoch` column is counted, not enforced.
+Why this makes a paused host harmless, and the residual risk: docs/postgres.md "Leases and fencing".
 """
 
 from __future__ import annotations
@@ -32,8 +38,10 @@ from ..types import (
     Completion,
     Event,
     InvalidRecord,
+    LeaseLost,
     NotOwner,
     OwnerDied,
+    SendGuard,
     State,
     TransactionRecord,
     TransactionStore,
@@ -41,6 +49,7 @@ from ..types import (
 from . import keys as pg_keys
 from . import rows
 from .database import Conn, Database, DatabaseUnavailable, connect_kwargs
+from .lease import Lease, fence_wait, lease_left
 from .listener import CompletionListener, key_of
 from .settings import PgSettings
 
@@ -54,8 +63,13 @@ WAIT_MIN, WAIT_MAX = 0.005, 0.5  # wait_completed's fallback poll (notifications
 _TEXT_COLUMNS = ("response_code", "outcome", "authorisation_code")
 
 
+class LeaseGone(DatabaseUnavailable):
+    """This worker's lease ran out: it claims nothing more (503, retry: another worker or host serves it)."""
+
+
 class PgStore:
-    """One per worker process; `run` (in the app's nursery) opens the pool, listens, heartbeats and purges."""
+    """One per worker process; `run` (in the app's nursery) opens the pool, listens, renews its lease and
+    purges."""
 
     def __init__(
         self,
@@ -64,18 +78,26 @@ class PgStore:
         *,
         owner_id: str | None = None,
         clock: Callable[[], float] = time.time,
+        send_window: float = 10.0,
+        on_lease_lost: Callable[[], None] | None = None,
     ) -> None:
         self.owner_id = owner_id or current_owner_id()
         self._cfg = cfg
         self._clock = clock
+        # acquirer.timeout: the lease's local margin, and how long past a dead lease a taker waits.
+        self._send_window = send_window
+        self._lease = Lease(self.owner_id, ttl=cfg.lease_ttl, margin=min(send_window, cfg.lease_ttl / 2))
+        self.send_guard: SendGuard = self._lease
+        self._on_lease_lost = on_lease_lost
+        self._epochs: dict[tuple[str, str], int] = {}  # claims taken over here (epoch > 0), still PENDING
         self._db = Database(settings)
         self._listener = CompletionListener(settings.dsn, connect_kwargs(settings, "cloudlayer-listener"))
         self._abandoned: set[tuple[str, str]] = set()
         self._reversals: set[tuple[str, str]] = set()  # REVERSALs claimed or taken over here, still PENDING
         self._ids = ids.IdBlock()
         self._ids_lock = trio.Lock()
-        self._ages: dict[str, float] = {}  # owner -> heartbeat age (s) at _ages_at (trio clock)
-        self._ages_at = 0.0
+        self._leases: dict[str, float] = {}  # owner -> seconds left on its lease at _leases_at (trio clock)
+        self._leases_at = 0.0
         self._opened = False
         self._running = False
         self._ok = True
@@ -83,7 +105,7 @@ class PgStore:
 
     @classmethod
     def from_config(cls, cfg: Config, **kwargs: Any) -> PgStore:
-        return cls(PgSettings.from_config(cfg), cfg.store, **kwargs)
+        return cls(PgSettings.from_config(cfg), cfg.store, send_window=cfg.acquirer.timeout, **kwargs)
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
@@ -103,7 +125,9 @@ class PgStore:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._listener.run)
-                await self.heartbeat()  # other hosts see us alive before our first claim
+                await self.heartbeat()  # our lease exists before our first claim
+                if self._lease.lost:
+                    raise LeaseGone("store: this owner id's lease had already expired")
                 nursery.start_soon(self._housekeeping)
                 task_status.started()
         finally:
@@ -113,7 +137,7 @@ class PgStore:
         return None  # PostgreSQL grows with its disk: watch that with the database's own monitoring
 
     def writable(self) -> bool:
-        return self._running and self._ok and not self._closed
+        return self._running and self._ok and not self._closed and not self._lease.lost
 
     def close(self) -> None:
         if not self._closed:
@@ -135,31 +159,58 @@ class PgStore:
 
     # ---- owners ----------------------------------------------------------------------------------------
 
-    def _alive(self, owner: str, age: float | None) -> bool:
+    def _alive(self, owner: str, left: float | None) -> bool:
+        """Alive while its lease is, by the database's clock (`left`: seconds left). On this host /proc can only
+        shorten that: a process that is gone holds nothing, but one that lives (maybe SIGSTOPped) may have
+        lost its lease."""
         if owner == self.owner_id:
-            return True
+            return not self._lease.lost
         oid = OwnerId.parse(owner)
-        local = local_owner_alive(oid) if oid is not None else None
-        if local is not None:
-            return local
-        return age is not None and age < self._cfg.owner_timeout
+        if oid is not None and local_owner_alive(oid) is False:
+            return False
+        return left is not None and left > 0
 
     def owner_alive(self, owner: str) -> bool:
-        """From the heartbeat ages last read (every owner_timeout/3); claims and waits read them fresh."""
-        age = self._ages.get(owner)
-        if age is not None:
-            age += trio.current_time() - self._ages_at
-        return self._alive(owner, age)
+        """From the leases last read (every lease_renew); claims and waits read them fresh."""
+        left = self._leases.get(owner)
+        if left is not None:
+            left -= trio.current_time() - self._leases_at
+        return self._alive(owner, left)
 
     def abandon(self, client_id: str, transaction_id: str) -> None:
         self._abandoned.add((client_id, transaction_id))
+        self._epochs.pop((client_id, transaction_id), None)
 
     async def heartbeat(self) -> None:
-        ages: dict[str, float] = await self._call(lambda conn: rows.heartbeat(conn, self.owner_id))
-        self._ages, self._ages_at = ages, trio.current_time()
+        """Renew the lease (store/pg/lease.py). Past the local bound, or refused by the database, it is lost."""
+        if self._lease.lost:
+            return
+        if self._lease.expired_locally():  # e.g. SIGSTOPped past it: the guard has closed, give the id up
+            await self._lose("the local lease bound passed before a renewal")
+            return
+        held, leases = await self._call(self._lease.renew)
+        self._leases, self._leases_at = leases, trio.current_time()
+        if not held:
+            await self._lose("the database found the lease expired")
+
+    async def _lose(self, why: str) -> None:
+        log.error("store_lease_lost", owner=self.owner_id, reason=why)
+        self._lease.give_up(None)  # the guard closes first, whatever the database does next
+        while True:  # end it now in the database (takers need not wait it out), and know the database is back
+            try:
+                await self._call(self._lease.give_up)
+                break
+            except DatabaseUnavailable:
+                # The lease runs out by itself meanwhile. Restarting now would only fail to start (no database):
+                # stay, refusing everything with 503, until the database answers again.
+                await trio.sleep(self._cfg.lease_renew)
+        if self._on_lease_lost is not None:
+            # In-flight requests answer first (their sends are refused, their completions fenced).
+            await trio.sleep(self._send_window + 1.0)
+            self._on_lease_lost()
 
     async def _housekeeping(self) -> None:
-        await run_housekeeping(self, self._cfg, self._clock)
+        await run_housekeeping(self, self._cfg, self._clock, beat=self._cfg.lease_renew)
 
     # ---- writes ----------------------------------------------------------------------------------------
 
@@ -176,6 +227,8 @@ class PgStore:
         return ids.stan_of(seq), ids.rrn_of(seq, self._clock())
 
     async def claim(self, record: TransactionRecord) -> Claim:
+        if self._lease.lost:
+            raise LeaseGone("store: this worker's lease ran out; it is restarting")
         rec = codec.validate_claim(record)
         rec.owner = self.owner_id
         rec.created_at = rec.created_at or self._clock()
@@ -197,12 +250,12 @@ class PgStore:
                     if duplicate is not None:
                         return duplicate
                     continue  # purged between the two statements: claim again
-                existing, age = found
+                existing, left = found
                 if existing.fingerprint != rec.fingerprint:
                     return Claim(ClaimOutcome.CONFLICT, existing)
                 if existing.state is State.COMPLETED:
                     return Claim(ClaimOutcome.REPLAY, existing)
-                if key not in self._abandoned and self._alive(existing.owner, age):
+                if key not in self._abandoned and self._alive(existing.owner, left):
                     return Claim(ClaimOutcome.IN_FLIGHT, existing)
                 return Claim(ClaimOutcome.ORPHANED, existing)
             raise RuntimeError("claim: the record kept disappearing")
@@ -230,18 +283,32 @@ class PgStore:
         # A REVERSAL this worker claimed or took over settles its original in the same transaction; any other
         # completion stays one statement (the hot path).
         complete = pg_keys.complete_reversal if key in self._reversals else rows.complete
+        epoch = self._epochs.get(key, 0)
         done: TransactionRecord | None = await self._call(
-            lambda conn: complete(conn, client_id, transaction_id, self.owner_id, c, now)
+            lambda conn: complete(conn, client_id, transaction_id, self.owner_id, epoch, c, now)
         )
         if done is None:
-            raise NotOwner("complete: transaction missing, already completed, or PENDING under another owner")
+            await self._refused(client_id, transaction_id)
+        assert done is not None
         self._reversals.discard(key)
+        self._epochs.pop(key, None)
         if reversals.is_reversal(done) and complete is rows.complete:  # not expected: settle it now, apart
             log.warning("store_reversal_settled_apart", transaction_id=transaction_id)
             await self._call(lambda conn: pg_keys.settle_original(conn, done, now))
         self._abandoned.discard(key)
         self._listener.wake(key_of(client_id, transaction_id))  # local waiters need not wait for the NOTIFY
         return done
+
+    async def _refused(self, client_id: str, transaction_id: str) -> None:
+        """Why complete() found nothing to update: NotOwner, or LeaseLost when another owner (or epoch) has it
+        or our lease ran out."""
+        current = await self.get(client_id, transaction_id)
+        if current is None:
+            raise NotOwner("complete: no such transaction")
+        if current.state is State.COMPLETED and current.owner == self.owner_id:
+            raise NotOwner("complete: already completed")
+        log.error("store_completion_fenced", transaction_id=transaction_id, state=current.state.value)
+        raise LeaseLost("complete: fenced (taken over by another owner, or this owner's lease ran out)")
 
     async def add_events(self, client_id: str, transaction_id: str, *events: Event, replay: bool = False) -> None:
         checked = codec.validate_events(events)
@@ -253,20 +320,35 @@ class PgStore:
         key = (client_id, transaction_id)
         event = Event(self._clock(), "taken-over", f"from {dead_owner}")
 
-        def do(conn: Conn) -> TransactionRecord | None:
-            if key not in self._abandoned and self._alive(dead_owner, rows.heartbeat_age(conn, dead_owner)):
+        abandoned_here = key in self._abandoned
+
+        def do(conn: Conn) -> tuple[TransactionRecord, int, float | None] | None:
+            if not abandoned_here and self._alive(dead_owner, lease_left(conn, dead_owner)):
                 return None
             return rows.take_over(conn, client_id, transaction_id, dead_owner, self.owner_id, event)
 
-        rec: TransactionRecord | None = await self._call(do)
-        if rec is not None:
-            self._abandoned.discard(key)
-            if reversals.is_reversal(rec):
-                self._reversals.add(key)
+        if self._lease.lost:
+            raise LeaseGone("store: this worker's lease ran out; it is restarting")
+        taken: tuple[TransactionRecord, int, float | None] | None = await self._call(do)
+        if taken is None:
+            return None
+        rec, epoch, dead_left = taken
+        self._abandoned.discard(key)
+        self._epochs[key] = epoch
+        if reversals.is_reversal(rec):
+            self._reversals.add(key)
+        oid = OwnerId.parse(dead_owner)
+        gone = abandoned_here or (oid is not None and local_owner_alive(oid) is False)
+        # A process that is gone (or our own, given up) sends nothing more; a lease that ran out may belong to a
+        # paused owner whose last send is still on its way: let it land before the inquiry.
+        wait = 0.0 if gone else fence_wait(dead_left, self._send_window)
+        if wait > 0:
+            log.warning("take_over_fence_wait", transaction_id=transaction_id, seconds=round(wait, 3))
+            await trio.sleep(wait)
         return rec
 
     async def purge(self, older_than: float) -> int:
-        stale = max(self._cfg.owner_timeout * 100, 86_400.0)
+        stale = max(self._cfg.lease_ttl * 100, 86_400.0)
         total = 0
         while True:
             n: int = await self._call(lambda conn: rows.purge(conn, older_than, PURGE_CHUNK, stale))
@@ -310,10 +392,10 @@ class PgStore:
             )
             if found is None:
                 raise KeyError("wait_completed: no such transaction")
-            rec, age = found
+            rec, left = found
             if rec.state is State.COMPLETED:
                 return rec
-            if not self._alive(rec.owner, age):
+            if not self._alive(rec.owner, left):
                 raise OwnerDied(f"owner {rec.owner} of the PENDING transaction died")
             with trio.move_on_after(delay):
                 await woken.wait()
