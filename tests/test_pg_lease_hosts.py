@@ -27,6 +27,7 @@ import psutil
 import pytest
 
 from cloudlayer.samples import sample_purchase
+from conftest import write_config
 from connector_kinds import Acquirer, start_acquirer
 from txn_harness import CLOUDLAYER, Host, SimulatorProcess
 
@@ -58,19 +59,19 @@ def two_hosts(tmp_path: Path, acquirer: Acquirer, pg_database: Any, stop_at: str
     store = pg_database.store_section(**LEASE)
     common = {"store": store, "server": PATIENT_SUPERVISOR}
     sim = acquirer.simulator
-    a = Host(tmp_path / "a", sim, acquirer_timeout=ACQUIRER_TIMEOUT, extra=acquirer.host_extra(common))
+    # Migrated first: each Host adds its client (`client add`) to the shared registry in PostgreSQL.
+    migrate_cfg = {"store": pg_database.store_section(), "server": {"var_dir": str(tmp_path / "m")}}
+    first = write_config(tmp_path / "migrate.toml", migrate_cfg)
     migrated = subprocess.run(
-        [CLOUDLAYER, "db", "migrate", "--config", str(a.config)], capture_output=True, text=True, timeout=60
+        [CLOUDLAYER, "db", "migrate", "--config", str(first)], capture_output=True, text=True, timeout=60
     )
     assert migrated.returncode == 0, migrated.stderr
+    a = Host(tmp_path / "a", sim, acquirer_timeout=ACQUIRER_TIMEOUT, extra=acquirer.host_extra(common))
     var_a = tmp_path / "a" / "var"
+    # OAuth clients and signing keys are shared through PostgreSQL; B needs A's pepper and sealing ring.
     shared = {
         "store": store,
-        "oauth": {
-            "keys_file": str(var_a / "oauth" / "keys.json"),
-            "clients_file": str(var_a / "oauth" / "clients.lmdb"),
-            "pepper_file": str(var_a / "oauth" / "pepper"),
-        },
+        "oauth": {"pepper_file": str(var_a / "oauth" / "pepper")},
         "server": {**PATIENT_SUPERVISOR, "sealing_key_file": str(var_a / "keys" / "sealing.key")},
     }
     a.start(env={"CLOUDLAYER_TESTING": "1", "CLOUDLAYER_TESTING_CRASH_AT": f"stop:{stop_at}"})
