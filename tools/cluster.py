@@ -57,7 +57,7 @@ class Child:
     def __init__(self, name: str, argv: list[str], logs: Path) -> None:
         self.name = name
         self.log_path = logs / f"{name}.log"
-        self._log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop())
+        self._log: IO[bytes] = open(self.log_path, "ab")  # closed in stop()
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -328,7 +328,9 @@ def _on_signal(signum: int, _frame: FrameType | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="tools/cluster.py", description="Two CloudLayer hosts on one PostgreSQL behind HAProxy (make cluster).")
+    p = argparse.ArgumentParser(
+        prog="tools/cluster.py", description="Two CloudLayer hosts on one PostgreSQL behind HAProxy (make cluster)."
+    )
     p.add_argument("--dir", default=str(REPO / "var" / "cluster"), help="where configs, var dirs and logs go")
     p.add_argument("--port", type=int, default=8643, help="HAProxy's TLS port on 127.0.0.1 (0: any free port)")
     p.add_argument(

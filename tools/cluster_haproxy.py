@@ -74,7 +74,7 @@ listen stats
 
 def _rows(stats_port: int, timeout: float) -> list[dict[str, str]]:
     url = f"http://127.0.0.1:{stats_port}/stats;csv"
-    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (a loopback http URL we built)
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
         text = resp.read().decode("utf-8", "replace")
     rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
     return [r for r in rows if r["pxname"] == "cloudlayer" and r["svname"] not in ("FRONTEND", "BACKEND")]
