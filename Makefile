@@ -99,7 +99,7 @@ typecheck: $(STAMP)
 postgres:
 	bash scripts/ensure-postgres.sh >/dev/null
 
-py-test: native postgres $(PROMTOOL) $(CARGO_CYCLONEDX)
+py-test: native postgres $(PROMTOOL) $(HAPROXY) $(CARGO_CYCLONEDX)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 test: rust-test native lint typecheck py-test
