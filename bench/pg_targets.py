@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loadgen import tree_cpu_seconds
 from processes import BenchError, free_port, wait_http, wait_tcp
 from scenarios import Credentials
 from target_configs import server_toml
@@ -118,6 +119,7 @@ def run_pg(bench: Bench, result: dict[str, Any]) -> None:
     cluster = PgCluster()
     try:
         cluster.start()
+        result["postgres_dir"] = str(cluster.root)  # gone after the run: the smoke test checks
         for name, count in zip(PG_TARGETS, (1, 2), strict=True):
             try:
                 target, creds, started = start_pg_hosts(bench, cluster, name, count)
@@ -127,7 +129,16 @@ def run_pg(bench: Bench, result: dict[str, Any]) -> None:
                 print(f"  pg / {name}: UNAVAILABLE: {str(e)[:300]}", flush=True)
                 continue
             try:
+                hosts, db = list(target.pids[:-1]), [target.pids[-1]]
+                before = tree_cpu_seconds(hosts), tree_cpu_seconds(db)
                 result["targets"][name] = bench.measure(target, "pg", scenario_kinds("pg", bench.s, creds))
+                used = tree_cpu_seconds(hosts) - before[0], tree_cpu_seconds(db) - before[1]
+                # Over every measurement of this target (closed loop and sweep): where the server CPU went.
+                result["targets"][name]["cpu_split"] = {
+                    "hosts_s": used[0],
+                    "database_s": used[1],
+                    "database_share": used[1] / sum(used) if sum(used) else None,
+                }
             finally:
                 for p in reversed(started):
                     bench.procs.stop(p)

@@ -290,6 +290,13 @@ def markdown(run: dict[str, Any]) -> str:
                         f"{_fmt(m['throughput'], 0)} | {_fmt(lat.get('p50'))} | {_fmt(lat.get('p99'))} | "
                         f"{_fmt(lat.get('p99_9'))} | {_fmt(lat.get('max'))} | {m['errors_total']} |"
                     )
+        for target, t in sc["targets"].items():
+            if t.get("cpu_split"):
+                c = t["cpu_split"]
+                lines.append(
+                    f"\n{target} server CPU over its measurements: hosts {_fmt(c['hosts_s'])} s, PostgreSQL "
+                    f"{_fmt(c['database_s'])} s (share {_fmt(c['database_share'])})"
+                )
         for base, r in sc.get("ratios", {}).items():
             shown = ", ".join(f"{k} {_fmt(v)}" for k, v in r.items())
             lines.append(f"\n{sc.get('ratio_labels', {}).get(base, f'host / {base}')}: {shown}")
