@@ -11,6 +11,7 @@ is the hosts' and the database's (the postmaster and its backends): LMDB does it
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,9 @@ def start_pg_hosts(
             cfg.write_text(pg_host_toml(toml, db.store_section(), shared, ports[0]))
             configs.append(cfg)
         _cli(["db", "migrate", "--config", str(configs[0])])
+        if os.environ.get("BENCH_PG_NOTIFY") == "off":  # a lever measured (bench/README.md), never a setting
+            with cluster.admin(db.name) as conn:
+                conn.execute("ALTER TABLE transactions DISABLE TRIGGER transactions_completed_notify")
         client = json.loads(_cli(["client", "add", "bench", "--json", "--config", str(configs[0])]).splitlines()[-1])
         wait_tcp(bench.procs, f"simulator-{name}", sim, sim_port)
         hosts = []
