@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deps-installed
 CONFIG ?= configs/dev.toml
 
-.PHONY: run test install native postgres lock lock-upgrade sbom promtool lint typecheck rust-test py-test wheel-check bench reliability fuzz clean
+.PHONY: run cluster haproxy test install native postgres lock lock-upgrade sbom promtool lint typecheck rust-test py-test wheel-check bench reliability fuzz clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,19 @@ install: native
 run: native
 	$(VENV)/bin/cloudlayer serve --config $(CONFIG)
 
+# HAProxy for `make cluster`, from Debian's haproxy package: the binary unpacked into the venv as promtool is
+# (no haproxy service, user or /etc/haproxy; its libraries installed when missing). One on PATH is used as is.
+HAPROXY := $(VENV)/bin/haproxy
+$(HAPROXY): | $(PY)
+	bash scripts/ensure-haproxy.sh $(abspath $@)
+
+haproxy: $(HAPROXY)
+
+# Two hosts on one throw-away PostgreSQL behind HAProxy on 127.0.0.1 (docs/deploy.md), in the foreground until
+# Ctrl-C; CLUSTER_ARGS="--port 0 --dir /tmp/c" to move it.
+cluster: native postgres $(HAPROXY)
+	$(PY) tools/cluster.py $(CLUSTER_ARGS)
+
 rust-test:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
@@ -86,7 +99,7 @@ typecheck: $(STAMP)
 postgres:
 	bash scripts/ensure-postgres.sh >/dev/null
 
-py-test: native postgres $(PROMTOOL) $(CARGO_CYCLONEDX)
+py-test: native postgres $(PROMTOOL) $(HAPROXY) $(CARGO_CYCLONEDX)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 test: rust-test native lint typecheck py-test

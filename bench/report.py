@@ -138,6 +138,42 @@ def add_ratios(scenario: dict[str, Any]) -> None:
     scenario["checks"] = _checks(scenario)
 
 
+PG_TARGETS = ("host-pg", "two-hosts-pg")
+
+
+def add_pg_ratios(scenario: dict[str, Any]) -> None:
+    """The pg scenario: each PostgreSQL target against the LMDB host of the same run (throughput, CPU, latency),
+    and the issue's targets: one PostgreSQL host >= 0.7x LMDB's throughput, p99 <= 3x p50 at half saturation."""
+    targets = scenario["targets"]
+    lmdb = targets.get(HOST, {}).get("closed")
+    ratios: dict[str, dict[str, float | None]] = {}
+    checks: dict[str, Any] = {}
+    for name in PG_TARGETS:
+        t = targets.get(name, {})
+        closed = t.get("closed")
+        if closed and lmdb:
+            ratios[name] = {
+                "throughput": _ratio(closed["throughput"], lmdb["throughput"]),
+                "cpu_per_request": _ratio(closed["cpu_s_per_1000"], lmdb["cpu_s_per_1000"]),
+                **{f"closed_{p}": _ratio(closed["latency_ms"].get(p), lmdb["latency_ms"].get(p)) for p in PERCENTILES},
+            }
+        half = _half_saturation(t.get("open", []))
+        if half and half["latency_ms"].get("count"):
+            value = half["latency_ms"]["p99"] / half["latency_ms"]["p50"]
+            checks[f"{name}_half_saturation_p99_over_p50"] = {
+                "value": value,
+                "target": f"<= {TARGET_P99_OVER_P50}",
+                "met": value <= TARGET_P99_OVER_P50,
+            }
+    one = ratios.get("host-pg", {}).get("throughput")
+    if one is not None:
+        checks["pg_throughput_vs_lmdb"] = {"value": one, "target": f">= {TARGET_THROUGHPUT_RATIO}"}
+        checks["pg_throughput_vs_lmdb"]["met"] = one >= TARGET_THROUGHPUT_RATIO
+    scenario["ratios"] = ratios
+    scenario["ratio_labels"] = {name: f"{name} / host (LMDB)" for name in ratios}
+    scenario["checks"] = {**_checks(scenario), **checks}
+
+
 def _checks(scenario: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets for this scenario, each with its figure and whether it was met."""
     host = scenario["targets"].get(HOST, {})
@@ -254,9 +290,16 @@ def markdown(run: dict[str, Any]) -> str:
                         f"{_fmt(m['throughput'], 0)} | {_fmt(lat.get('p50'))} | {_fmt(lat.get('p99'))} | "
                         f"{_fmt(lat.get('p99_9'))} | {_fmt(lat.get('max'))} | {m['errors_total']} |"
                     )
+        for target, t in sc["targets"].items():
+            if t.get("cpu_split"):
+                c = t["cpu_split"]
+                lines.append(
+                    f"\n{target} server CPU over its measurements: hosts {_fmt(c['hosts_s'])} s, PostgreSQL "
+                    f"{_fmt(c['database_s'])} s (share {_fmt(c['database_share'])})"
+                )
         for base, r in sc.get("ratios", {}).items():
             shown = ", ".join(f"{k} {_fmt(v)}" for k, v in r.items())
-            lines.append(f"\nhost / {base}: {shown}")
+            lines.append(f"\n{sc.get('ratio_labels', {}).get(base, f'host / {base}')}: {shown}")
         for check, c in sc.get("checks", {}).items():
             lines.append(
                 f"\ntarget {check}: {_fmt(c['value'])} (want {c['target']}) {'met' if c['met'] else 'NOT met'}"

@@ -25,6 +25,7 @@ from typing import Any
 import report
 from loadgen_workload import RequestKind, Workload, fill
 from machine import machine_info, versions
+from pg_targets import run_pg
 from processes import (
     START_TIMEOUT,
     BenchError,
@@ -58,6 +59,14 @@ class Target:
     name: str
     port: int
     pid: int
+    # Several hosts behind one target (the pg scenario's two hosts): the load is split across `ports`, and the
+    # CPU of every process tree in `pids` is the server's. Default: (port,) and (pid,).
+    ports: tuple[int, ...] = ()
+    pids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.ports = self.ports or (self.port,)
+        self.pids = self.pids or (self.pid,)
 
 
 class Bench:
@@ -251,10 +260,12 @@ class Bench:
     def loadgen(
         self, target: Target, scenario: str, kinds: list[RequestKind], conns: int, rate: float, tag: str
     ) -> dict[str, Any]:
-        workload = Workload("127.0.0.1", target.port, tuple(kinds), self.tls.enabled, self.tls.ca_file or None)
-        wl_path = self.work / f"workload-{scenario}-{target.name}.json"
-        workload.dump(wl_path)
-        n = self.s.loadgen_procs
+        wl_paths = []
+        for port in target.ports:
+            workload = Workload("127.0.0.1", port, tuple(kinds), self.tls.enabled, self.tls.ca_file or None)
+            wl_paths.append(self.work / f"workload-{scenario}-{target.name}-{port}.json")
+            workload.dump(wl_paths[-1])
+        n = max(self.s.loadgen_procs, len(target.ports))  # at least one generator per host, each its share
         running: list[tuple[subprocess.Popen[bytes], Path]] = []
         budget = self.s.warmup + self.s.duration + self.s.request_timeout + START_TIMEOUT
         try:
@@ -265,7 +276,7 @@ class Bench:
                     PYTHON,
                     LOADGEN,
                     "--workload",
-                    str(wl_path),
+                    str(wl_paths[i % len(wl_paths)]),
                     "--connections",
                     str(conns // n + (1 if i < conns % n else 0)),
                     "--rate",
@@ -284,7 +295,8 @@ class Bench:
                     str(out),
                 ]
                 if i == 0:
-                    argv += ["--cpu-pid", str(target.pid)]
+                    for pid in target.pids:
+                        argv += ["--cpu-pid", str(pid)]
                 running.append((self.procs.start(f"loadgen-{scenario}-{target.name}", argv), out))
             results = []
             for proc, out in running:
@@ -340,6 +352,11 @@ class Bench:
                 finally:
                     for p in reversed(started):
                         self.procs.stop(p)
+        if scenario == "pg":  # the host on PostgreSQL, one and two of them, beside the LMDB host above
+            if "host" in self.s.targets:
+                run_pg(self, result)
+            report.add_pg_ratios(result)
+            return result
         kinds = scenario_kinds(scenario, self.s, creds)
         for name in ("quart-trio", "bare-asgi"):
             if name not in self.s.targets or scenario == "http":  # same baselines as unique: measured there

@@ -11,7 +11,7 @@ from typing import Any
 from loadgen_workload import TAP_PLACEHOLDER, RequestKind
 
 TARGETS = ("host", "quart-trio", "bare-asgi", "conventional")
-SCENARIOS = ("unique", "http", "retry", "token", "latency", "mix", "micro")
+SCENARIOS = ("unique", "http", "retry", "token", "latency", "mix", "pg", "micro")
 
 
 # -- a realistic request ----------------------------------------------------------------------------------
@@ -99,7 +99,7 @@ def scenario_kinds(scenario: str, settings: Settings, creds: Credentials) -> lis
         headers=(("content-type", "application/x-www-form-urlencoded"),),
         body=form,
     )
-    if scenario in ("unique", "latency", "http"):
+    if scenario in ("unique", "latency", "http", "pg"):
         return [purchase]
     if scenario == "retry":
         return [_with(purchase, replay_share=settings.replay_share)]
@@ -127,6 +127,8 @@ DESCRIPTIONS = {
     "latency": "Acquirer latency: the simulator answers after a fixed delay, so concurrency, not CPU, is "
     "the limit; the baselines sleep the same delay before answering.",
     "mix": "A mix: 95% purchases (10% of them resubmissions), 5% token requests.",
+    "pg": "Unique purchases on the PostgreSQL store beside LMDB: the host on LMDB, one host on PostgreSQL, two "
+    "hosts on one PostgreSQL (load split evenly); the server CPU of PostgreSQL targets includes the database's.",
     "micro": "Micro benchmarks (bench/bench_*.py), each run as a subprocess; their JSON lines collected.",
 }
 

@@ -145,9 +145,11 @@ class PgCluster:
         return self
 
     def _as_user(self, user: pwd.struct_passwd | None, argv: list[str]) -> None:
-        kwargs: dict[str, object] = {}
+        # Its own session: a Ctrl-C at the terminal (make cluster) reaches the supervisor, which stops the
+        # server in order, and not postgres directly.
+        kwargs: dict[str, object] = {"start_new_session": True}
         if user is not None:
-            kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+            kwargs |= {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
         subprocess.run(argv, check=True, capture_output=True, timeout=START_TIMEOUT + 30, cwd=self.root, **kwargs)  # type: ignore[call-overload,unused-ignore]
 
     def stop(self) -> None:

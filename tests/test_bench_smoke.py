@@ -180,3 +180,35 @@ def test_bench_drives_the_conventional_host(tmp_path: Path) -> None:
     assert len(run["pids_started"]) == 3  # a simulator, the server, one load generator run
     assert _leftovers(run) == []
     assert "conventional" in (out / "summary.md").read_text()
+
+
+def test_bench_pg_scenario_measures_lmdb_one_and_two_pg_hosts(tmp_path: Path) -> None:
+    """The pg scenario, tiny: the LMDB host, one host and two hosts on a throw-away PostgreSQL (load split over
+    both), every purchase answered 200, the ratios and the CPU split reported, and nothing left running (hosts,
+    their workers, simulators, load generators, PostgreSQL). Behaviour only: the figures are not judged."""
+    out = tmp_path / "results"
+    proc = _run_bench(out, "--targets", "host", "--no-sweep", scenario="pg")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["problems"] == []
+    sc = run["scenarios"]["pg"]
+    assert set(sc["targets"]) == {"host", "host-pg", "two-hosts-pg"}
+    for name, t in sc["targets"].items():
+        _check_measurement(t["closed"])
+        assert t["open"] == []
+        if name != "host":
+            split = t["cpu_split"]
+            assert split["hosts_s"] > 0 and split["database_s"] > 0
+    assert set(sc["ratios"]) == {"host-pg", "two-hosts-pg"}
+    assert sc["ratios"]["host-pg"]["throughput"] > 0
+    assert "pg_throughput_vs_lmdb" in sc["checks"]
+    summary = (out / "summary.md").read_text()
+    assert "host-pg / host (LMDB)" in summary and "two-hosts-pg" in summary
+    # LMDB's simulator and host, then per PostgreSQL target a simulator and its hosts (1, then 2), and one load
+    # generator per host for each closed loop (1, 1, 2).
+    assert len(run["pids_started"]) == 2 + 2 + 3 + 1 + 1 + 2
+    assert _leftovers(run) == []
+    # PostgreSQL was stopped and its directory removed: no process names it any more.
+    pg_dir = sc["postgres_dir"]
+    assert not Path(pg_dir).exists()
+    assert _leftovers({"pids_started": [], "work_dir": pg_dir}) == []
