@@ -276,10 +276,11 @@ class Iso8583Connector:
             batch, link.outbox = link.outbox, []
             if not batch:
                 continue
+            # A guard to run right before every acquirer write goes here (nothing is marked sent yet).
             for item in batch:  # taken: from here on each may have reached the acquirer
                 item.state.sent = True
             data = batch[0].frame if len(batch) == 1 else b"".join(item.frame for item in batch)
-            # THE acquirer frame write (the only one on a link): a guard to run right before every write goes here.
+            # THE acquirer frame write: the only one on a link.
             with trio.CancelScope(shield=True, deadline=trio.current_time() + self._cfg.timeout) as scope:
                 try:
                     await stream.send_all(data)
