@@ -589,6 +589,35 @@ async def test_eddsa_config_signs_with_ed25519(tmp_path: Path) -> None:
         service.close()
 
 
+@pytest.mark.parametrize("algorithm", ["ES256", "EdDSA"])
+def test_issued_tokens_are_jws_that_joserfc_verifies(tmp_path: Path, algorithm: str) -> None:
+    # The issuer signs with cryptography directly (tokens._compact_signer): joserfc, with only the public key,
+    # must accept every token, and reject it once a byte of the signature changes.
+    service = OAuthService.from_config(make_config(tmp_path / "var", algorithm=algorithm))
+    try:
+        active = service.keyring.active
+        public = active.key.as_dict(private=False)
+        key = ECKey.import_key(public) if algorithm == "ES256" else OKPKey.import_key(public)
+        for _ in range(20):  # ECDSA's R and S vary in length: pad errors would show within a few
+            token = service.issuer.issue("cl_client", (SCOPE,))
+            obj = jws.deserialize_compact(token, key, algorithms=[active.alg])
+            assert obj.headers() == {"alg": active.alg, "kid": active.kid, "typ": "at+jwt"}
+            assert json.loads(obj.payload)["client_id"] == "cl_client"
+            head, payload, sig = token.split(".")
+            bad = sig[:-2] + ("AA" if sig[-2:] != "AA" else "BA")
+            with pytest.raises(Exception, match=r"(?i)signature"):
+                jws.deserialize_compact(f"{head}.{payload}.{bad}", key, algorithms=[active.alg])
+    finally:
+        service.close()
+
+
+def test_issuer_falls_back_to_joserfc_for_another_key_type() -> None:
+    from cloudlayer.oauth.tokens import _compact_signer
+
+    assert _compact_signer("ES256", "kid", OKPKey.generate_key("Ed25519", private=True)) is None
+    assert _compact_signer("RS256", "kid", ECKey.generate_key("P-256", private=True)) is None
+
+
 # -- registry, secrets, dev client ---------------------------------------------------------------------
 def test_secrets_are_stored_only_as_keyed_hashes(service: OAuthService, cfg: Config) -> None:
     client, secret = service.clients.add("hashed", [SCOPE])

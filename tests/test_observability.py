@@ -12,10 +12,16 @@ import msgspec
 import pytest
 import structlog
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cloudlayer.config import LoggingConfig
 from cloudlayer.observability import health, metrics
 from cloudlayer.observability.logging import (
+    _CREDENTIAL_HINT,
+    _DIGIT_RUN,
+    _HINT_WORDS,
+    _may_hold_secret,
     bind_request_id,
     configure_logging,
     is_sensitive_key,
@@ -137,6 +143,25 @@ def test_credentials_in_text_are_redacted() -> None:
         assert redact_credentials(text) == redacted, text
     for prose in ("basic auth failed", "Authorization header missing", "token_type Bearer", "no secret here"):
         assert redact_credentials(prose) == prose
+
+
+def test_fast_precheck_has_the_hint_regex_words() -> None:
+    # _may_hold_secret stands in front of _CREDENTIAL_HINT: the same words, lowered (the regex is case-insensitive).
+    pattern_words = _CREDENTIAL_HINT.pattern.removeprefix("(?i)").split("|")
+    assert sorted(w.lower() for w in pattern_words) == sorted(_HINT_WORDS)
+    for word in _HINT_WORDS:  # and its unrolled test has every one of them
+        assert _may_hold_secret(f"x {word.upper()} y") and _may_hold_secret(f"x{word}y")
+
+
+_TEXT = st.text(alphabet=st.sampled_from("0123456789aAbBeEjJyYrRtTkKsSoOnN:= ._-"), max_size=60) | st.sampled_from(
+    ["x" * 5 + "4111111111111111", "Bearer abcdefgh", "AUTHORIZATION: x", "eYj0.a.b", "client_SECRET=1", "tOkEn"]
+)
+
+
+@given(text=_TEXT)
+def test_fast_precheck_never_skips_what_the_regexes_would_redact(text: str) -> None:
+    if _DIGIT_RUN.search(text) is not None or _CREDENTIAL_HINT.search(text) is not None:
+        assert _may_hold_secret(text), text
 
 
 @pytest.fixture

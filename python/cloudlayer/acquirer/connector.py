@@ -26,7 +26,7 @@ from ..store.types import ALWAYS_SEND, SendGuard
 from . import spec
 from .backoff import backoff_delay
 from .codec import EncodeError, FrameError, FrameReader, Framing, Message, decode, encode
-from .link import Key, _Fenced, _Link, _NotSent, _Pending, _SendState, _Unknown
+from .link import Key, _Fenced, _Link, _NotSent, _Pending, _Queued, _SendState, _Unknown
 from .messages import build_request, network_request, parse_response, request_mti, reversal_for
 from .saf import SafItem, SafQueue, entry_key, owner_id
 from .saf_forwarding import SafForwarder
@@ -252,43 +252,79 @@ class Iso8583Connector:
                 pending = _Pending(chosen)
                 self._pending[key] = pending
                 chosen.pending.add(key)
+                queued = _Queued(frame, state, pending)
                 try:
-                    await self._write(chosen, frame, state)
+                    self._enqueue(chosen, queued)
                     await pending.event.wait()
                 finally:
+                    # A frame the writer has not taken yet never leaves: its caller gave up (deadline, cancel).
+                    chosen.unqueue(queued)
                     if self._pending.get(key) is pending:
                         del self._pending[key]
                     chosen.pending.discard(key)
                 if pending.response is None:
+                    if pending.fenced:
+                        raise _Fenced(pending.error or "not sent: the send guard refused")
+                    if pending.not_sent:
+                        raise _NotSent(pending.error or "connection closed")
                     raise _Unknown(pending.error or "link lost")
                 return pending.response
         if state.sent:
             raise _Unknown("no answer within the acquirer timeout")
         raise _NotSent("no in-flight slot or link before the deadline")
 
-    async def _write(self, link: _Link, frame: bytes, state: _SendState) -> None:
-        async with link.send_lock:
-            stream = link.stream
-            if stream is None:
-                raise _NotSent("connection closed")
-            if state.guard is not None and not state.guard.may_send():  # the last moment before the write
-                raise _Fenced("not sent: this worker's store lease may have run out")
-            state.sent = True
-            # A send_all cut short leaves half a frame on the wire, so it is not cancellable from
-            # outside; if it cannot finish within the timeout, the connection is dropped.
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(self._cfg.timeout) as scope:
-                    try:
-                        await stream.send_all(frame)
-                    except trio.ClosedResourceError:
-                        state.sent = False
-                        raise _NotSent("connection closed") from None
-                    except (trio.BrokenResourceError, OSError) as e:
-                        link.drop(f"send failed: {type(e).__name__}")
-                        raise _Unknown("link lost while sending") from None
+    def _enqueue(self, link: _Link, item: _Queued) -> None:
+        if link.stream is None:
+            raise _NotSent("connection closed")
+        link.enqueue(item)
+
+    async def _writer(self, link: _Link) -> None:
+        """The link's one writer: every frame queued since its last send goes out in ONE send_all (concurrent
+        requests coalesce into one syscall instead of one each). Frames are whole and joined whole; a send_all
+        cut short would leave half a frame on the wire, so it is shielded from cancellation from outside (a
+        link drop included) and bounded by the acquirer timeout; if it cannot finish, the connection is dropped."""
+        stream = link.stream
+        assert stream is not None
+        while True:
+            await link.outbox_ready.wait()
+            link.outbox_ready = trio.Event()
+            batch, link.outbox = link.outbox, []
+            if not batch:
+                continue
+            # The store's send guard, at the last moment before the write (nothing is marked sent yet): a
+            # transaction frame whose worker may have lost its lease never leaves (docs/postgres.md).
+            batch = [item for item in batch if self._may_send(item)]
+            if not batch:
+                continue
+            for item in batch:  # taken: from here on each may have reached the acquirer
+                item.state.sent = True
+            data = batch[0].frame if len(batch) == 1 else b"".join(item.frame for item in batch)
+            # THE acquirer frame write: the only one on a link.
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + self._cfg.timeout) as scope:
+                try:
+                    await stream.send_all(data)
+                except trio.ClosedResourceError:
+                    for item in batch:
+                        item.state.sent = False
+                        if item.pending is not None:
+                            item.pending.fail_not_sent("connection closed")
+                    link.drop("connection closed")
+                    return
+                except (trio.BrokenResourceError, OSError) as e:
+                    link.drop(f"send failed: {type(e).__name__}")  # the callers hear 'link lost': outcome unknown
+                    return
             if scope.cancelled_caught:
                 link.drop("send stalled")
-                raise _Unknown("link stalled while sending")
+                return
+
+    @staticmethod
+    def _may_send(item: _Queued) -> bool:
+        guard = item.state.guard
+        if guard is None or guard.may_send():
+            return True
+        if item.pending is not None:
+            item.pending.fail_fenced("not sent: this worker's store lease may have run out")
+        return False
 
     # --- links ------------------------------------------------------------------------------------------
 
@@ -323,6 +359,7 @@ class Iso8583Connector:
                 async with trio.open_nursery() as nursery:
                     link.scope = nursery.cancel_scope
                     nursery.start_soon(self._reader, link)
+                    nursery.start_soon(self._writer, link)
                     signed_on = await self._sign_on(link)
                     if signed_on:
                         link.up = True
@@ -340,6 +377,7 @@ class Iso8583Connector:
                 link.scope = None
                 if not self.ready:
                     self._ready_event = trio.Event()
+                link.fail_queued("connection closed")
                 for key in list(link.pending):
                     pending = self._pending.get(key)
                     if pending is not None and pending.link is link:
@@ -406,10 +444,9 @@ class Iso8583Connector:
                 answer = {k: v for k, v in msg.items() if k in ("7", "11", "32", "70")}
                 answer.update(t="0810", **{"39": spec.APPROVED})
                 try:
-                    await self._write(link, self._framing.wrap(encode(answer)), _SendState())
-                except (_NotSent, _Unknown):
-                    # _write has dropped the link if it broke; escaping here would take the connector down.
-                    return
+                    self._enqueue(link, _Queued(self._framing.wrap(encode(answer)), _SendState(), None))
+                except _NotSent:
+                    return  # the link is going down; escaping here would take the connector down
             else:
                 log.warning("acquirer_unexpected_request", link=link.index, mti=mti)
             return

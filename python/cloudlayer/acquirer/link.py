@@ -38,13 +38,35 @@ class _SendState:
 
 
 class _Pending:
-    __slots__ = ("error", "event", "link", "response")
+    __slots__ = ("error", "event", "fenced", "link", "not_sent", "response")
 
     def __init__(self, link: _Link) -> None:
         self.link = link
         self.event = trio.Event()
         self.response: Message | None = None
         self.error: str | None = None
+        self.not_sent = False  # the link's writer never put its frame on the wire (safe to decline)
+        self.fenced = False  # ... because the send guard refused it (the lease may be gone: no decline, 503)
+
+    def fail_fenced(self, reason: str) -> None:
+        self.fenced = True
+        self.fail_not_sent(reason)
+
+    def fail_not_sent(self, reason: str) -> None:
+        self.not_sent = True
+        self.error = reason
+        self.event.set()
+
+
+class _Queued:
+    """A whole frame waiting for the link's writer, and who waits for its answer (None: nobody does)."""
+
+    __slots__ = ("frame", "pending", "state")
+
+    def __init__(self, frame: bytes, state: _SendState, pending: _Pending | None) -> None:
+        self.frame = frame
+        self.state = state
+        self.pending = pending
 
 
 class _Link:
@@ -54,12 +76,33 @@ class _Link:
         self.index = index
         self.stream: trio.abc.Stream | None = None
         self.up = False  # connected and signed on
-        self.send_lock = trio.Lock()
+        # Frames written by concurrent requests, sent together by the link's one writer task (connector._writer).
+        self.outbox: list[_Queued] = []
+        self.outbox_ready = trio.Event()
         self.pending: set[Key] = set()
         # When the acquirer last sent us anything. Only what it sends proves it alive: our own sends do not,
         # or steady traffic to a dead acquirer (each request timing out) would keep the link 'up' forever.
         self.last_received = 0.0
         self.scope: trio.CancelScope | None = None  # cancelling it drops the connection
+
+    def enqueue(self, item: _Queued) -> None:
+        self.outbox.append(item)
+        self.outbox_ready.set()
+
+    def unqueue(self, item: _Queued) -> bool:
+        """Take back a frame the writer has not taken yet (its caller gave up): True if it was still queued."""
+        try:
+            self.outbox.remove(item)
+        except ValueError:
+            return False
+        return True
+
+    def fail_queued(self, reason: str) -> None:
+        """The connection is gone: frames still queued were never sent."""
+        for item in self.outbox:
+            if item.pending is not None:
+                item.pending.fail_not_sent(reason)
+        self.outbox.clear()
 
     def drop(self, reason: str) -> None:
         if self.scope is not None and not self.scope.cancel_called:

@@ -72,8 +72,7 @@ def register(app: QuartTrio, path: str, flow: TransactionFlow, oauth: OAuthServi
             g.outcome = "rejected"
         else:
             g.outcome = "approved" if answer.outcome.endswith("approved") else "declined"
-            metrics.TRANSACTION_RESPONSES.labels(metrics.response_code_label(answer.response_code)).inc()
-            metrics.ACQUIRER_DURATION.labels("authorization").observe(answer.acquirer_seconds)
+            metrics.observe_transaction(answer.response_code, answer.acquirer_seconds)
         resp.headers["Server-Timing"] = (
             f"app;dur={(total - answer.acquirer_seconds) * 1000:.2f}, acquirer;dur={answer.acquirer_seconds * 1000:.2f}"
         )
