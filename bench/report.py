@@ -73,6 +73,10 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     for h in histograms.values():
         overall.add(h)
     measured = overall.get_total_count()
+    timing: dict[str, HdrHistogram] = {}
+    for r in results:
+        for name, encoded in r.get("server_timing", {}).items():
+            timing.setdefault(name, _new()).decode_and_add(encoded)
     # Server CPU is metered by the first generator process only (the windows coincide to milliseconds).
     server_cpu = results[0].get("server_cpu_s")
     loadgen_cpu = sum(r["loadgen_cpu_s"] for r in results)
@@ -97,6 +101,8 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         "latency_ms_by_label": {label: latency_figures(h) for label, h in sorted(histograms.items())},
         "histograms": {label: h.encode().decode() for label, h in sorted(histograms.items())},
         "histogram_all": overall.encode().decode(),
+        # The host's own Server-Timing values (app: the time in our code, acquirer excluded), as it reports them.
+        "server_timing_ms": {name: latency_figures(h) for name, h in sorted(timing.items())},
     }
 
 
