@@ -121,6 +121,7 @@ class LoadGenerator:
         self.idle: deque[Conn] = deque()
         self.measure_start = 0.0
         self.measure_end = 0.0
+        self.window_start_unix = 0.0
 
     # -- connections ---------------------------------------------------------------------------------
 
@@ -288,6 +289,7 @@ class LoadGenerator:
         for i in range(self.n_conns):
             self.idle.append(self._connect(i))
         start = time.perf_counter()
+        self.window_start_unix = time.time() + self.warmup  # wall clock, to line the window up with other events
         self.measure_start = start + self.warmup
         self.measure_end = self.measure_start + self.duration
         drain_deadline = self.measure_end + self.timeout
@@ -362,6 +364,7 @@ class LoadGenerator:
             "mode": "open" if self.rate > 0 else "closed",
             "connections": self.n_conns,
             "rate_target": self.rate,
+            "window_start_unix": self.window_start_unix,
             "warmup_s": self.warmup,
             "window_s": window,
             "drain_s": max(0.0, end - self.measure_end),

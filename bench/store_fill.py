@@ -85,9 +85,13 @@ def record_at(i: int, n_max: int, client_id: str, at: float) -> TransactionRecor
 _EMV = os.urandom(190)  # the size of emv.redact() of the bench's field 55
 
 
+def map_size_mb(records: int) -> int:
+    return max(64, records * BYTES_PER_RECORD_BOUND // MB + 64)
+
+
 def open_store(path: Path, records: int) -> LmdbStore:
     """An LmdbStore (same databases and flags as the host's) with a map large enough for `records`."""
-    map_mb = max(64, records * BYTES_PER_RECORD_BOUND // MB + 64)
+    map_mb = map_size_mb(records)
     return LmdbStore(path, StoreConfig(map_size_mb=map_mb, max_map_size_mb=max(map_mb, 65_536)))
 
 
