@@ -25,7 +25,7 @@ TAP_PLACEHOLDER = "{TAP}"
 # How many earlier identifiers per kind a replay may pick from (a ring buffer: O(1) insert and pick).
 REPLAY_POOL = 4096
 # replay_share 1.0 (replays only): fresh requests until this many were answered, then nothing but replays.
-REPLAY_SEED = 64
+REPLAY_SEED = 32
 
 
 def tap_of(ident: bytes) -> str:

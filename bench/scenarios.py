@@ -129,8 +129,8 @@ DESCRIPTIONS = {
     "latency": "Acquirer latency: the simulator answers after a fixed delay, so concurrency, not CPU, is "
     "the limit; the baselines sleep the same delay before answering.",
     "mix": "A mix: 95% purchases (10% of them resubmissions), 5% token requests.",
-    "replay": "Replays only: resubmissions of already answered transactions (after a seed of 64 fresh ones), "
-    "beside unique purchases on the same server at the same moment; host and conventional.",
+    "replay": "Replays only: resubmissions of already answered transactions (after a seed of 32 fresh ones, in the "
+    "warm-up), beside unique purchases on the same server at the same moment; host and conventional.",
     "workers": "Unique purchases with 1 and then 2 worker processes: CPU per request as the workers grow; host and "
     "conventional.",
     "purge": "A retention purge under load: the host's store pre-filled with records that expire during the second "

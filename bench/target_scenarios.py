@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from run import Bench
 
 TARGETS = ("host", "conventional")
+REPLAY_WARMUP = 1.0  # seconds at least: REPLAY_SEED fresh requests answered before the replay window
 
 
 def _start(bench: Bench, name: str, scenario: str) -> tuple[Any, Any, list[Any]]:
@@ -51,10 +52,14 @@ def run_replay(bench: Bench) -> dict[str, Any]:
             bench.problems.append(f"replay: {name} unavailable: {e}")
             result["targets"][name] = {"error": str(e)[:500]}
             continue
+        saved = bench.s
         try:
             unique = _closed(bench, target, "replay", scenario_kinds("unique", bench.s, creds), "u")
+            # The seed of fresh requests must fit in the warm-up, whatever --warmup says.
+            bench.s = dataclasses.replace(saved, warmup=max(saved.warmup, REPLAY_WARMUP))
             replay = _closed(bench, target, "replay", scenario_kinds("replay", bench.s, creds), "r")
         finally:
+            bench.s = saved
             for p in reversed(started):
                 bench.procs.stop(p)
         fresh_in_window = replay["latency_ms_by_label"].get("purchase", {}).get("count", 0)
