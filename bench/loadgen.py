@@ -31,23 +31,18 @@ import ssl
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
-from hdrh.histogram import HdrHistogram
 
+from loadgen_stats import HDR_DIGITS, HDR_HIGH, HDR_LOW, Stats, new_histogram
 from loadgen_workload import RequestFactory, Workload
 
-# Latencies are recorded in microseconds, 1 us .. 120 s, 3 significant digits.
-HDR_LOW, HDR_HIGH, HDR_DIGITS = 1, 120_000_000, 3
+__all__ = ["HDR_DIGITS", "HDR_HIGH", "HDR_LOW", "LoadGenerator", "new_histogram"]
+
 RECV_SIZE = 65536
 # The loop wakes at least this often to check deadlines even when nothing arrives.
 TICK = 0.05
-
-
-def new_histogram() -> HdrHistogram:
-    return HdrHistogram(HDR_LOW, HDR_HIGH, HDR_DIGITS)
 
 
 def tree_cpu_seconds(pids: list[int]) -> float:
@@ -70,29 +65,6 @@ def tree_cpu_seconds(pids: list[int]) -> float:
                 continue
             total += t.user + t.system
     return total
-
-
-@dataclass
-class Stats:
-    histograms: dict[str, HdrHistogram] = field(default_factory=dict)
-    status: dict[str, dict[str, int]] = field(default_factory=dict)
-    errors: dict[str, int] = field(default_factory=dict)
-    completed_in_window: int = 0
-    sent: int = 0
-    reconnects: int = 0
-    max_backlog: int = 0
-
-    def record(self, label: str, status: int, latency_us: int) -> None:
-        h = self.histograms.get(label)
-        if h is None:
-            h = self.histograms[label] = new_histogram()
-        h.record_value(max(HDR_LOW, min(latency_us, HDR_HIGH)))
-        by = self.status.setdefault(label, {})
-        key = str(status)
-        by[key] = by.get(key, 0) + 1
-
-    def error(self, reason: str) -> None:
-        self.errors[reason] = self.errors.get(reason, 0) + 1
 
 
 class Conn:
@@ -149,6 +121,7 @@ class LoadGenerator:
         self.idle: deque[Conn] = deque()
         self.measure_start = 0.0
         self.measure_end = 0.0
+        self.window_start_unix = 0.0
 
     # -- connections ---------------------------------------------------------------------------------
 
@@ -270,6 +243,8 @@ class LoadGenerator:
                     self.idle.append(new)
             return
         now = time.perf_counter()
+        if conn.measured:
+            self.stats.record_server_timing(head)
         self._complete(conn, status, now)
         del buf[:total]
         if closed or b"\r\nconnection: close" in head:
@@ -314,6 +289,7 @@ class LoadGenerator:
         for i in range(self.n_conns):
             self.idle.append(self._connect(i))
         start = time.perf_counter()
+        self.window_start_unix = time.time() + self.warmup  # wall clock, to line the window up with other events
         self.measure_start = start + self.warmup
         self.measure_end = self.measure_start + self.duration
         drain_deadline = self.measure_end + self.timeout
@@ -388,6 +364,7 @@ class LoadGenerator:
             "mode": "open" if self.rate > 0 else "closed",
             "connections": self.n_conns,
             "rate_target": self.rate,
+            "window_start_unix": self.window_start_unix,
             "warmup_s": self.warmup,
             "window_s": window,
             "drain_s": max(0.0, end - self.measure_end),
@@ -396,6 +373,7 @@ class LoadGenerator:
             "throughput": s.completed_in_window / window,
             "measured": {label: h.get_total_count() for label, h in s.histograms.items()},
             "histograms": {label: h.encode().decode() for label, h in s.histograms.items()},
+            "server_timing": {name: h.encode().decode() for name, h in s.server_timing.items()},
             "status": s.status,
             "errors": s.errors,
             "reconnects": s.reconnects,

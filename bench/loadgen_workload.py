@@ -3,7 +3,8 @@
 A workload is a weighted list of request kinds. A kind's body may hold the placeholder `{ID}`: each fresh
 request gets a new identifier there (unique across the run and across load generator processes), and with
 probability `replay_share` a request resends, byte for byte, the body of an earlier request of that kind
-(what Mypinpad does after a 500: the host must replay its stored answer). `{TAP}` (16 hex digits: a cryptogram,
+(what Mypinpad does after a 500: the host must replay its stored answer); `replay_share` 1.0 sends
+REPLAY_SEED fresh requests, then replays only. `{TAP}` (16 hex digits: a cryptogram,
 9F26) is a fresh card tap per fresh request, derived from its identifier so that a replay is byte-identical:
 the host refuses the same card transaction under another transactionId (409), so one fixed field 55 would make
 every request after the first a duplicate. Requests are built from
@@ -23,6 +24,8 @@ ID_PLACEHOLDER = "{ID}"
 TAP_PLACEHOLDER = "{TAP}"
 # How many earlier identifiers per kind a replay may pick from (a ring buffer: O(1) insert and pick).
 REPLAY_POOL = 4096
+# replay_share 1.0 (replays only): fresh requests until this many were answered, then nothing but replays.
+REPLAY_SEED = 32
 
 
 def tap_of(ident: bytes) -> str:
@@ -58,8 +61,8 @@ class RequestKind:
         )
         if kind.weight <= 0:
             raise ValueError(f"kind {kind.name}: weight must be positive")
-        if not 0.0 <= kind.replay_share < 1.0:
-            raise ValueError(f"kind {kind.name}: replay_share must be in [0, 1)")
+        if not 0.0 <= kind.replay_share <= 1.0:
+            raise ValueError(f"kind {kind.name}: replay_share must be in [0, 1]")
         if TAP_PLACEHOLDER in kind.body and ID_PLACEHOLDER not in kind.body:
             raise ValueError(f"kind {kind.name}: {TAP_PLACEHOLDER} needs {ID_PLACEHOLDER} in the body")
         if kind.replay_share and ID_PLACEHOLDER not in kind.body:
@@ -184,7 +187,8 @@ class RequestFactory:
         if b.templated:
             # Replays pick only identifiers whose first attempt was answered: Mypinpad resubmits after
             # an answer (a 500), so a replay measures the stored-answer path, not waiting on a PENDING one.
-            if b.pool and self._rng.random() < b.kind.replay_share:
+            seeded = len(b.pool) >= REPLAY_SEED if b.kind.replay_share >= 1.0 else bool(b.pool)
+            if seeded and self._rng.random() < b.kind.replay_share:
                 ident = b.pool[self._rng.randrange(len(b.pool))]
                 label = b.label_replay
             else:

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import report
+import scenario_purge
+import target_scenarios
 from loadgen_workload import RequestKind, Workload, fill
 from machine import machine_info, versions
 from pg_targets import run_pg
@@ -47,6 +49,12 @@ CLOUDLAYER = str(Path(PYTHON).parent / "cloudlayer")
 LOADGEN = str(BENCH / "loadgen.py")
 BASELINE_SERVE = str(BENCH / "baselines" / "serve.py")
 CONVENTIONAL_SERVE = str(BENCH / "baselines" / "conventional" / "serve.py")
+STORE_BUILD_BUDGET = 900.0  # seconds bench_store_scale may spend filling its large store
+EXTRA_SCENARIOS = {
+    "replay": target_scenarios.run_replay,
+    "workers": target_scenarios.run_workers,
+    "purge": scenario_purge.run_purge,
+}
 
 
 # -- targets ------------------------------------------------------------------------------------------------
@@ -81,7 +89,9 @@ class Bench:
 
     # targets
 
-    def start_host(self, scenario: str, latency_ms: float) -> tuple[Target, Credentials, list[subprocess.Popen[bytes]]]:
+    def start_host(
+        self, scenario: str, latency_ms: float, extra_toml: str = ""
+    ) -> tuple[Target, Credentials, list[subprocess.Popen[bytes]]]:
         started: list[subprocess.Popen[bytes]] = []
         try:
             sim_port, port = free_port(), free_port()
@@ -108,7 +118,7 @@ class Bench:
             cfg.write_text(
                 toml.replace('[acquirer]\nmode = "tcp"', '[acquirer]\nkind = "http"\nmode = "tcp"') + host_extra
                 if host_extra
-                else toml
+                else toml + extra_toml
             )
             add = subprocess.run(
                 [CLOUDLAYER, "client", "add", "bench", "--json", "--config", str(cfg)],
@@ -376,12 +386,16 @@ class Bench:
         for script in sorted(BENCH.glob("bench_*.py")):
             print(f"  micro: {script.name}", flush=True)
             name = script.stem
-            proc = self.procs.start(f"micro-{name}", [PYTHON, str(script)])
+            argv, timeout = [PYTHON, str(script)], self.s.micro_timeout
+            if name == "bench_store_scale":  # its size is a run setting (--store-records; --quick: fewer)
+                argv += ["--records", str(self.s.store_records), "--build-budget", str(STORE_BUILD_BUDGET)]
+                timeout += STORE_BUILD_BUDGET
+            proc = self.procs.start(f"micro-{name}", argv)
             try:
-                rc: int | None = proc.wait(timeout=self.s.micro_timeout)
+                rc: int | None = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 rc = None
-                self.problems.append(f"micro: {script.name} overran {self.s.micro_timeout:.0f} s")
+                self.problems.append(f"micro: {script.name} overran {timeout:.0f} s")
             finally:
                 self.procs.stop(proc)
             text = (self.out_dir / "logs" / f"micro-{name}.log").read_text(errors="replace")
@@ -424,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"scenario {scenario}", flush=True)
                 if scenario == "micro":
                     run["scenarios"][scenario] = bench.run_micro()
+                elif scenario in EXTRA_SCENARIOS:  # issue 13's targets: bench/target_scenarios.py
+                    run["scenarios"][scenario] = EXTRA_SCENARIOS[scenario](bench)
                 else:
                     run["scenarios"][scenario] = bench.run_scenario(scenario)
     except BenchError as e:

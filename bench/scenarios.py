@@ -11,7 +11,7 @@ from typing import Any
 from loadgen_workload import TAP_PLACEHOLDER, RequestKind
 
 TARGETS = ("host", "quart-trio", "bare-asgi", "conventional")
-SCENARIOS = ("unique", "http", "retry", "token", "latency", "mix", "pg", "micro")
+SCENARIOS = ("unique", "http", "retry", "token", "latency", "mix", "pg", "replay", "workers", "purge", "micro")
 
 
 # -- a realistic request ----------------------------------------------------------------------------------
@@ -99,8 +99,10 @@ def scenario_kinds(scenario: str, settings: Settings, creds: Credentials) -> lis
         headers=(("content-type", "application/x-www-form-urlencoded"),),
         body=form,
     )
-    if scenario in ("unique", "latency", "http", "pg"):
+    if scenario in ("unique", "latency", "http", "pg", "workers", "purge"):
         return [purchase]
+    if scenario == "replay":  # after a seed of fresh ones, only resubmissions of answered transactions
+        return [_with(purchase, replay_share=1.0)]
     if scenario == "retry":
         return [_with(purchase, replay_share=settings.replay_share)]
     if scenario == "token":
@@ -129,6 +131,12 @@ DESCRIPTIONS = {
     "mix": "A mix: 95% purchases (10% of them resubmissions), 5% token requests.",
     "pg": "Unique purchases on the PostgreSQL store beside LMDB: the host on LMDB, one host on PostgreSQL, two "
     "hosts on one PostgreSQL (load split evenly); the server CPU of PostgreSQL targets includes the database's.",
+    "replay": "Replays only: resubmissions of already answered transactions (after a seed of 32 fresh ones, in the "
+    "warm-up), beside unique purchases on the same server at the same moment; host and conventional.",
+    "workers": "Unique purchases with 1 and then 2 worker processes: CPU per request as the workers grow; host and "
+    "conventional.",
+    "purge": "A retention purge under load: the host's store pre-filled with records that expire during the second "
+    "of two open-loop windows at half saturation (same host, same rate): p99 with the purge and without.",
     "micro": "Micro benchmarks (bench/bench_*.py), each run as a subprocess; their JSON lines collected.",
 }
 
@@ -154,6 +162,8 @@ class Settings:
     log_level: str = "INFO"
     transaction_path: str = "/transaction/process"
     micro_timeout: float = 600.0
+    store_records: int = 10_000_000  # bench_store_scale: records in the large store
+    purge_records: int = 1_000_000  # purge scenario: expired records the host purges under load
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -178,6 +188,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
     p.add_argument("--replay-share", type=float, default=0.3, help="retry storm: share of resubmissions")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--quick", action="store_true", help="2 s windows, sweep 0.5 and 1.0: a fast look")
+    p.add_argument("--store-records", type=int, help="bench_store_scale's large store (default 10M; quick 200k)")
+    p.add_argument("--purge-records", type=int, help="purge scenario's expired records (default 1M; quick 50k)")
     p.add_argument("--out-dir", help="default: bench/results/<timestamp>")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temporary var dirs (LMDB, keys)")
     args = p.parse_args(argv)
@@ -207,7 +219,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
     )
     if args.quick:
         s.duration, s.warmup = min(s.duration, 2.0), min(s.warmup, 0.5)
-        s.sweep = [f for f in (0.5, 1.0) if sweep]
+        s.sweep = [f for f in (0.25, 0.5, 1.0) if sweep]
+        s.store_records, s.purge_records = 200_000, 50_000
+    s.store_records = args.store_records or s.store_records
+    s.purge_records = args.purge_records or s.purge_records
     if s.workers < 1 or s.connections < 1 or s.loadgen_procs < 1 or s.duration <= 0 or s.warmup < 0:
         p.error("workers, connections, loadgen-procs >= 1; duration > 0; warmup >= 0")
     if s.loadgen_procs > min(s.connections, s.open_connections):

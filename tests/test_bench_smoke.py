@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +213,170 @@ def test_bench_pg_scenario_measures_lmdb_one_and_two_pg_hosts(tmp_path: Path) ->
     pg_dir = sc["postgres_dir"]
     assert not Path(pg_dir).exists()
     assert _leftovers({"pids_started": [], "work_dir": pg_dir}) == []
+
+
+# -- issue 13's target scenarios (behaviour only: figures are bench/run.py's, never asserted here) --------------
+
+
+def _bench_modules() -> Any:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import loadgen_stats
+        import loadgen_workload
+        import store_fill
+        import targets
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return loadgen_stats, loadgen_workload, store_fill, targets
+
+
+def test_replay_only_workload_seeds_then_replays_answered_ids_only() -> None:
+    _, wl, _, _ = _bench_modules()
+    kind = wl.RequestKind.from_json({"name": "purchase", "path": "/t", "body": '{"id":"{ID}"}', "replay_share": 1.0})
+    factory = wl.RequestFactory(wl.Workload("127.0.0.1", 1, (kind,)), id_prefix="p-", seed=3)
+    seed = [factory.next_request() for _ in range(wl.REPLAY_SEED)]
+    assert {label for label, _, _ in seed} == {"purchase"}
+    # Until REPLAY_SEED first attempts are answered, requests stay fresh (a replay needs an answered id).
+    for _, _, token in seed[:-1]:
+        factory.succeeded(token)
+    assert factory.next_request()[0] == "purchase"
+    factory.succeeded(seed[-1][2])
+    later = [factory.next_request() for _ in range(100)]
+    assert {label for label, _, _ in later} == {"purchase:replay"}
+    assert {data for _, data, _ in later} <= {data for _, data, _ in seed}
+
+
+def test_server_timing_values_are_collected_per_metric() -> None:
+    stats_mod, _, _, _ = _bench_modules()
+    stats = stats_mod.Stats()
+    stats.record_server_timing(b"http/1.1 200\r\nserver-timing: app;dur=0.42, acquirer;dur=1.50\r\ncontent-length: 2")
+    stats.record_server_timing(b"http/1.1 200\r\nserver-timing: app;desc=x;dur=0.60\r\ncontent-length: 2")
+    stats.record_server_timing(b"http/1.1 200\r\ncontent-length: 2")  # a baseline: no header, nothing recorded
+    stats.record_server_timing(b"http/1.1 200\r\nserver-timing: app;dur=oops, miss\r\ncontent-length: 2")
+    assert sorted(stats.server_timing) == ["acquirer", "app"]
+    app = stats.server_timing["app"]
+    assert app.get_total_count() == 2
+    assert 415 <= app.get_min_value() <= 425 and 595 <= app.get_max_value() <= 605  # microseconds
+    assert stats.server_timing["acquirer"].get_total_count() == 1
+
+
+def test_store_fill_writes_what_claim_and_complete_would_and_purge_removes_it(tmp_path: Path) -> None:
+    """The fast fill is only worth its figures if the real store reads, refuses and purges its records like its
+    own: records, the RRN, terminal+STAN and card indexes, and the completion time index the purge walks."""
+    import trio
+
+    from cloudlayer.store.types import ClaimOutcome, State
+
+    _, _, store_fill, _ = _bench_modules()
+    n, at = 2500, time.time() - 86_400.0  # inside the 90-day retention: the store's own housekeeping keeps them
+    store = store_fill.open_store(tmp_path / "store", n)
+    try:
+        filled = store_fill.fill(store, n, client_id="c", answered_at=lambda i: at + i, budget_s=60)
+        assert (filled.records, filled.stopped_by_budget) == (n, False)
+
+        async def check() -> None:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(store.run)
+                rec = store_fill.record_at(1234, n, "c", at + 1234)
+                got = await store.get("c", rec.transaction_id)
+                assert got is not None and got.state is State.COMPLETED and got.response_body == rec.response_body
+                assert [r.transaction_id for r in await store.find_by_rrn(rec.rrn)] == [rec.transaction_id]
+                by_stan = await store.find_by_terminal_stan(rec.terminal_id, rec.stan)
+                assert [r.transaction_id for r in by_stan] == [rec.transaction_id]
+                # The same card transaction under another transactionId: refused through the filled by_card index.
+                twin = store_fill.record_at(1234, n, "c", at)
+                twin.transaction_id, twin.state, twin.response_body, twin.completed_at = (
+                    "other",
+                    State.PENDING,
+                    b"",
+                    0.0,
+                )
+                twin.response_status, twin.approved, twin.outcome, twin.authorisation_code = 0, False, "", None
+                twin.response_code, twin.created_at, twin.events = "", 0.0, []
+                assert (await store.claim(twin)).outcome is ClaimOutcome.DUPLICATE_CARD
+                assert await store.purge(at + 1000) == 1000  # answered before at + 1000: records 0..999
+                assert await store.get("c", store_fill.record_at(999, n, "c", at).transaction_id) is None
+                assert await store.get("c", store_fill.record_at(1000, n, "c", at).transaction_id) is not None
+                assert await store.purge(at + n) == n - 1000
+                assert await store.find_by_rrn(rec.rrn) == []
+                nursery.cancel_scope.cancel()
+
+        trio.run(check)
+    finally:
+        store.close()
+    # A budget already spent: nothing written, and the result says so.
+    other = store_fill.open_store(tmp_path / "budget", n)
+    try:
+        spent = store_fill.fill(other, n, client_id="c", answered_at=lambda i: at, budget_s=-1)
+        assert (spent.records, spent.requested, spent.stopped_by_budget) == (0, n, True)
+    finally:
+        other.close()
+
+
+def test_bench_store_scale_reports_a_verdict_and_its_real_size(tmp_path: Path) -> None:
+    args = ["--records", "3000", "--ops", "40", "--rounds", "1", "--claimers", "4", "--dir", str(tmp_path)]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_store_scale.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["bench"] == "store_scale" and result["records"] == result["records_requested"] == 3000
+    assert result["met"] == (
+        max(result["time_per_pair_large_over_empty"], result["cpu_per_pair_large_over_empty"]) <= 1.3
+    )
+    assert result["empty"]["pairs_per_s"] > 0 and result["large"]["cpu_us_per_pair"] > 0
+    assert list(tmp_path.iterdir()) == []  # the stores are removed
+
+    _, _, _, targets = _bench_modules()
+    run = {"scenarios": {"micro": {"benches": {"bench_store_scale": {"json": [result]}}}}}
+    [row] = [r for r in targets.evaluate(run) if r["target"].startswith("store of 10M")]
+    assert row["met"] == result["met"] and "FEWER than 10,000,000" in row["note"]
+
+
+def test_bench_replay_scenario_measures_replays_beside_unique(tmp_path: Path) -> None:
+    """Host and conventional host: a unique closed loop, then replays only on the same server."""
+    out = tmp_path / "results"
+    proc = _run_bench(out, "--targets", "host,conventional", "--no-sweep", scenario="replay")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["problems"] == []
+    for name in ("host", "conventional"):
+        t = run["scenarios"]["replay"]["targets"][name]
+        _check_measurement(t["unique"])
+        assert set(t["unique"]["status"]) == {"purchase"}
+        assert set(t["closed"]["status"]) == {"purchase:replay"}  # the fresh seed stayed in the warm-up
+        assert set(t["closed"]["status"]["purchase:replay"]) == {"200"} and t["fresh_in_replay_window"] == 0
+        assert t["replay_cpu_over_unique"] == t["closed"]["cpu_s_per_1000"] / t["unique"]["cpu_s_per_1000"]
+    [row] = [r for r in run["targets"] if r["target"].startswith("replay")]
+    assert row["value"] == run["scenarios"]["replay"]["targets"]["host"]["replay_cpu_over_unique"]
+    assert row["met"] == (row["value"] <= 0.25)
+    assert "Issue 13 targets" in (out / "summary.md").read_text()
+    assert _leftovers(run) == []
+
+
+def test_bench_workers_and_purge_scenarios(tmp_path: Path) -> None:
+    """workers: the host with 1 then 2 workers. purge: the host's own housekeeping purges pre-filled records that
+    expire in the second of two open-loop windows; all of them, and both windows measured."""
+    out = tmp_path / "results"
+    proc = _run_bench(out, "--targets", "host", "--scenario", "purge", "--purge-records", "3000", scenario="workers")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["problems"] == []
+    host = run["scenarios"]["workers"]["targets"]["host"]
+    for workers in ("1", "2"):
+        _check_measurement(host["by_workers"][workers])
+    assert host["cpu_2_over_1"] == host["by_workers"]["2"]["cpu_s_per_1000"] / host["by_workers"]["1"]["cpu_s_per_1000"]
+    purge = run["scenarios"]["purge"]
+    assert purge["purge"]["records_filled"] == purge["purge"]["records_purged"] == 3000
+    without, with_purge = purge["targets"]["host"]["open"]
+    for m in (without, with_purge):
+        _check_measurement(m)
+    assert with_purge["window_start_unix"] > without["window_start_unix"] + without["window_s"]
+    check = purge["checks"]["purge_p99_with_over_without"]
+    assert check["value"] == with_purge["latency_ms"]["p99"] / without["latency_ms"]["p99"]
+    # Every server (2 workers scenarios + 1 purge host) had its simulator; all gone.
+    assert _leftovers(run) == []
