@@ -6,7 +6,8 @@
     the sealed request (card data is only ever stored sealed with the hosts' key: never in clear in PG);
   - replays answer with the exact `response_body` bytes stored;
   - owners: on this host and boot /proc is authoritative (store/owner.py); owners elsewhere live while their
-    heartbeat, stamped with the database's clock, is younger than `store.owner_timeout`;
+    heartbeat, stamped with the database's clock, is younger than `store.owner_timeout` (after an outage of
+    ours, counted from when we reach the database again);
   - waiting for a duplicate in flight anywhere: LISTEN/NOTIFY (store/pg/listener.py) with a bounded poll;
   - STAN/RRN: blocks of store.ids.BLOCK from the `id_blocks` sequence, unique across hosts and restarts.
 PostgreSQL groups concurrent commits into one WAL flush itself: there is no batching writer here.
@@ -79,6 +80,7 @@ class PgStore:
         self._opened = False
         self._running = False
         self._ok = True
+        self._reachable_since: float | None = None  # monotonic time our calls succeeded again after failing
         self._closed = False
 
     @classmethod
@@ -130,6 +132,8 @@ class PgStore:
         except DatabaseUnavailable:
             self._ok = False
             raise
+        if not self._ok:
+            self._reachable_since = time.monotonic()
         self._ok = True
         return result
 
@@ -142,7 +146,13 @@ class PgStore:
         local = local_owner_alive(oid) if oid is not None else None
         if local is not None:
             return local
-        return age is not None and age < self._cfg.owner_timeout
+        if age is None:
+            return False
+        # While the database was down, no owner could beat: a stale heartbeat counts only for the time we have
+        # been able to see the database again, or every live host would look dead the moment it comes back.
+        since = self._reachable_since
+        seen_for = age if since is None else min(age, time.monotonic() - since)
+        return seen_for < self._cfg.owner_timeout
 
     def owner_alive(self, owner: str) -> bool:
         """From the heartbeat ages last read (every owner_timeout/3); claims and waits read them fresh."""
