@@ -152,7 +152,9 @@ class PgCluster:
         """The server dies as in a power cut (`pg_ctl stop -m immediate`: no checkpoint, every backend quits at
         once, crash recovery at the next start); the data directory and the port are kept for `restart()`."""
         assert self._running, "the cluster is not running"
-        self._as_user(self._user, [str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate", "-w", "stop"])
+        self._as_user(
+            self._user, [str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate", "-w", "stop"]
+        )
         self._running = False
 
     def restart(self) -> None:

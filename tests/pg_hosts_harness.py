@@ -44,7 +44,9 @@ class PgHost(AttackedHost):
 
 
 def migrate(config: Path) -> None:
-    done = subprocess.run([CLOUDLAYER, "db", "migrate", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [CLOUDLAYER, "db", "migrate", "--config", str(config)], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -103,4 +105,3 @@ def pending_rows(pg_database: Any) -> list[tuple[str, str]]:
     with pg_database.connect() as conn:
         rows = conn.execute("SELECT transaction_id, owner FROM transactions WHERE state = 'PENDING'").fetchall()
     return [(str(t), str(o)) for t, o in rows]
-

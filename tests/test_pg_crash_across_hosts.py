@@ -35,7 +35,7 @@ def simulator(tmp_path: Path) -> Iterator[SimulatorProcess]:
 def _row(pg_database: Any, transaction_id: str) -> tuple[str, str, bytes | None, list[str]]:
     """(state, owner, response_body, events as "what detail") of the row, read straight from the shared table."""
     with pg_database.connect() as conn:
-        found = conn.execute(f"SELECT {COLUMNS} FROM transactions t WHERE t.transaction_id = %s", (transaction_id,))  # noqa: S608
+        found = conn.execute(f"SELECT {COLUMNS} FROM transactions t WHERE t.transaction_id = %s", (transaction_id,))
         row = found.fetchone()
     assert row is not None, f"no row for {transaction_id}"
     rec = to_record(row)

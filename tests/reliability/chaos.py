@@ -163,7 +163,6 @@ class Mypinpad:
             backoff = min(backoff * 2, 1.0)
         return None
 
-
     def _check_5xx(self, txn: Txn, r: httpx.Response) -> None:
         """Our host never answers a 500: a 5xx is a 503 problem+json with Retry-After (busy, in progress, store
         unavailable), always safe to resubmit."""

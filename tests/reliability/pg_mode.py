@@ -77,7 +77,9 @@ async def db_outage(chaos: Chaos) -> None:
     async with httpx.AsyncClient(timeout=5) as client:
         for host in chaos.hosts:
             with trio.move_on_after(30) as waited:
-                while host.running() and not await _ready(client, host):
+                while host.running():
+                    if await _ready(client, host):
+                        break
                     await trio.sleep(0.1)
             if waited.cancelled_caught:
                 chaos.figures.violations.append(f"{host.url}: not ready 30 s after PostgreSQL came back")
@@ -94,5 +96,7 @@ def stored(pg: Any, client_id: str) -> tuple[list[TransactionRecord], IntegrityR
     """The client's records and the integrity scan (no PENDING tolerated), from the shared database."""
     with pg.connect() as conn:
         records = [r for r in select(conn, "created_since", (0.0,), 1_000_000) if r.client_id == client_id]
-        report = scan_database(conn, describe=pg.name, owner_timeout=OWNER_TIMEOUT, pending_max_age=0.0, now=time.time())
+        report = scan_database(
+            conn, describe=pg.name, owner_timeout=OWNER_TIMEOUT, pending_max_age=0.0, now=time.time()
+        )
     return records, report
