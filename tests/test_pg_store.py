@@ -114,6 +114,44 @@ async def test_owner_on_another_host_lives_by_heartbeat_on_the_database_clock(pg
             assert conn.execute("SELECT epoch FROM transactions").fetchone() == (1,)  # counted for fencing
 
 
+async def test_after_an_outage_a_stale_heartbeat_counts_only_from_when_the_database_is_back(
+    pg: PgBackend, pg_database: Any
+) -> None:
+    """No owner can beat while PostgreSQL is down: a host that comes back must not judge every live host dead at
+    once (it would take their live claims over). Staleness counts from when this store reaches the database again;
+    an owner that still does not beat for owner_timeout after that is dead."""
+    from cloudlayer.config import StoreConfig
+    from test_saf_pg import _refuse_connections
+
+    remote = "other-host:0123456789ab:4242:99"
+    cfg = StoreConfig(owner_timeout=3.0)
+    async with pg.open(owner_id=remote) as ghost:
+        await ghost.claim(rec())
+    settings = msgspec.structs.replace(pg.settings, connect_timeout=1.0, pool_timeout=1.0)
+    from cloudlayer.store.pg.store import PgStore
+
+    store = PgStore(settings, cfg)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            assert (await store.claim(rec())).outcome is ClaimOutcome.IN_FLIGHT
+            _refuse_connections(pg_database, True)  # the outage: our calls fail
+            try:
+                with pytest.raises(DatabaseUnavailable):
+                    await store.heartbeat()
+            finally:
+                _refuse_connections(pg_database, False)
+            with pg.database.connect() as conn:  # the outage lasted 5 s: the remote host's last beat is that old
+                conn.execute("UPDATE owners SET last_seen = now() - interval '5 seconds' WHERE owner = %s", (remote,))
+            assert (await store.claim(rec())).outcome is ClaimOutcome.IN_FLIGHT  # not ORPHANED: we just came back
+            assert (await store.claim(rec())).outcome is ClaimOutcome.IN_FLIGHT
+            await trio.sleep(cfg.owner_timeout + 0.2)  # the remote host does not beat while we see the database
+            assert (await store.claim(rec())).outcome is ClaimOutcome.ORPHANED
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+
+
 async def test_card_data_only_sealed_in_the_database(pg: PgBackend) -> None:
     sealer = Sealer(os.urandom(32))
     sealed = sealer.seal(b"PAN=" + PAN + b";track2=" + PAN + b"=2912", b"c1/t1")

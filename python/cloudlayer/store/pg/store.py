@@ -150,6 +150,8 @@ class PgStore:
             return False
         # While the database was down, no owner could beat: a stale heartbeat counts only for the time we have
         # been able to see the database again, or every live host would look dead the moment it comes back.
+        if not self._ok:
+            return True  # our last call failed: no heartbeat's age is evidence yet
         since = self._reachable_since
         seen_for = age if since is None else min(age, time.monotonic() - since)
         return seen_for < self._cfg.owner_timeout
