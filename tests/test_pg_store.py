@@ -127,7 +127,8 @@ async def test_after_an_outage_a_stale_heartbeat_counts_only_from_when_the_datab
     cfg = StoreConfig(owner_timeout=3.0)
     async with pg.open(owner_id=remote) as ghost:
         await ghost.claim(rec())
-    settings = msgspec.structs.replace(pg.settings, connect_timeout=1.0, pool_timeout=1.0)
+    # One pooled connection: once it is replaced after the outage, no call meets a terminated one.
+    settings = msgspec.structs.replace(pg.settings, connect_timeout=1.0, pool_timeout=1.0, pool_min=1, pool_max=1)
     from cloudlayer.store.pg.store import PgStore
 
     store = PgStore(settings, cfg)
@@ -139,13 +140,21 @@ async def test_after_an_outage_a_stale_heartbeat_counts_only_from_when_the_datab
             try:
                 with pytest.raises(DatabaseUnavailable):
                     await store.heartbeat()
+                await trio.sleep(0.5)  # the outage lasts a while (as this store sees it: from its first failure)
             finally:
                 _refuse_connections(pg_database, False)
-            with pg.database.connect() as conn:  # the outage lasted 5 s: the remote host's last beat is that old
+            with pg.database.connect() as conn:  # the remote host's last beat is 5 s old: it could not beat either
                 conn.execute("UPDATE owners SET last_seen = now() - interval '5 seconds' WHERE owner = %s", (remote,))
+            for _ in range(50):  # our pool replaces its terminated connection
+                try:
+                    await store.heartbeat()
+                    break
+                except DatabaseUnavailable:
+                    await trio.sleep(0.1)
             assert (await store.claim(rec())).outcome is ClaimOutcome.IN_FLIGHT  # not ORPHANED: we just came back
-            assert (await store.claim(rec())).outcome is ClaimOutcome.IN_FLIGHT
-            await trio.sleep(cfg.owner_timeout + 0.2)  # the remote host does not beat while we see the database
+            outage = store._outage
+            assert outage >= 0.5
+            await trio.sleep(cfg.owner_timeout + 2 * outage + 0.3)  # the remote still does not beat: now it is dead
             assert (await store.claim(rec())).outcome is ClaimOutcome.ORPHANED
             nursery.cancel_scope.cancel()
     finally:

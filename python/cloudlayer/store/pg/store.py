@@ -80,7 +80,9 @@ class PgStore:
         self._opened = False
         self._running = False
         self._ok = True
+        self._failing_since = 0.0  # monotonic time of the first failed call of the current outage
         self._reachable_since: float | None = None  # monotonic time our calls succeeded again after failing
+        self._outage = 0.0  # how long that outage lasted, as we saw it
         self._closed = False
 
     @classmethod
@@ -130,10 +132,13 @@ class PgStore:
         try:
             result = await self._db.call(fn)
         except DatabaseUnavailable:
+            if self._ok:
+                self._failing_since = time.monotonic()
             self._ok = False
             raise
         if not self._ok:
             self._reachable_since = time.monotonic()
+            self._outage = self._reachable_since - self._failing_since
         self._ok = True
         return result
 
@@ -148,13 +153,15 @@ class PgStore:
             return local
         if age is None:
             return False
-        # While the database was down, no owner could beat: a stale heartbeat counts only for the time we have
-        # been able to see the database again, or every live host would look dead the moment it comes back.
+        # While the database was down, no owner could beat, and after it each host's pool reconnects at its own
+        # backoff (up to about the outage's length later): a stale heartbeat is no evidence until we have seen the
+        # database for owner_timeout plus twice the outage, or every live host would look dead when it returns.
         if not self._ok:
             return True  # our last call failed: no heartbeat's age is evidence yet
+        if age < self._cfg.owner_timeout:
+            return True
         since = self._reachable_since
-        seen_for = age if since is None else min(age, time.monotonic() - since)
-        return seen_for < self._cfg.owner_timeout
+        return since is not None and time.monotonic() - since < self._cfg.owner_timeout + 2 * self._outage
 
     def owner_alive(self, owner: str) -> bool:
         """From the heartbeat ages last read (every owner_timeout/3); claims and waits read them fresh."""
