@@ -229,6 +229,20 @@ def pg_cluster() -> Iterator[Any]:
 
 
 @pytest.fixture
+def own_pg_cluster() -> Iterator[Any]:
+    """A cluster of the test's own, for a test that stops PostgreSQL under running hosts (PgCluster.crash and
+    restart) without disturbing the session's."""
+    from pg_cluster import PgCluster
+
+    cluster = PgCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
 def pg_database(pg_cluster: Any) -> Iterator[Any]:
     """An empty database owned by the app role, dropped after the test."""
     db = pg_cluster.create_database()

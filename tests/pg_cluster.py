@@ -110,23 +110,7 @@ class PgCluster:
         for attempt in range(5):
             self.port = free_port()
             try:
-                self._as_user(
-                    user,
-                    [
-                        str(self.bindir / "pg_ctl"),
-                        "-D",
-                        str(data),
-                        "-l",
-                        str(self.root / "postgres.log"),
-                        "-w",
-                        "-t",
-                        str(START_TIMEOUT),
-                        "-o",
-                        f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={sock} "
-                        "-c max_connections=200 -c shared_buffers=64MB",
-                        "start",
-                    ],
-                )
+                self._pg_ctl_start(user)
                 break
             except subprocess.CalledProcessError:
                 if attempt == 4:
@@ -143,6 +127,41 @@ class PgCluster:
                 )
             )
         return self
+
+    def _pg_ctl_start(self, user: pwd.struct_passwd | None) -> None:
+        sock = self.root / "sock"
+        self._as_user(
+            user,
+            [
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.root / "data"),
+                "-l",
+                str(self.root / "postgres.log"),
+                "-w",
+                "-t",
+                str(START_TIMEOUT),
+                "-o",
+                f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={sock} "
+                "-c max_connections=200 -c shared_buffers=64MB",
+                "start",
+            ],
+        )
+
+    def crash(self) -> None:
+        """The server dies as in a power cut (`pg_ctl stop -m immediate`: no checkpoint, every backend quits at
+        once, crash recovery at the next start); the data directory and the port are kept for `restart()`."""
+        assert self._running, "the cluster is not running"
+        self._as_user(
+            self._user, [str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"), "-m", "immediate", "-w", "stop"]
+        )
+        self._running = False
+
+    def restart(self) -> None:
+        """Start the server again on the same data directory and port (after `crash()`)."""
+        assert not self._running, "the cluster is running"
+        self._pg_ctl_start(self._user)
+        self._running = True
 
     def _as_user(self, user: pwd.struct_passwd | None, argv: list[str]) -> None:
         # Its own session: a Ctrl-C at the terminal (make cluster) reaches the supervisor, which stops the

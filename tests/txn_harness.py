@@ -131,7 +131,7 @@ class Host:
     def start(self, env: Mapping[str, str] | None = None, *, wait_ready: bool = True) -> None:
         """Start and wait until /readyz says ready (or, with wait_ready=False, until a worker answers
         /healthz: the acquirer link may not be up yet)."""
-        self.server = ServerProcess.cloudlayer_serve(self.config, env)
+        self.server = self._spawn(env)
         self.server.wait_for_banner()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -144,6 +144,10 @@ class Host:
                 raise AssertionError(f"host exited: {self.server.stderr[-3000:]}")
             time.sleep(0.05)
         raise AssertionError("host not ready")
+
+    def _spawn(self, env: Mapping[str, str] | None) -> ServerProcess:
+        """The `cloudlayer serve` process (a subclass may run it elsewhere, e.g. under another hostname)."""
+        return ServerProcess.cloudlayer_serve(self.config, env)
 
     @property
     def url(self) -> str:

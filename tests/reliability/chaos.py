@@ -9,6 +9,12 @@ connection error it resubmits the SAME body, until a 200 (bounded per transactio
 
 At the end: faults off, every transaction driven to a 200, the SAF queue drained, the host stopped, and
 the invariants checked against the simulator's ledger and the store (see `check_invariants`).
+
+With `pg_hosts = N` (and a `pg_cluster.PgDatabase`), N hosts share one PostgreSQL store and SAF queue
+(tests/pg_hosts_harness.py: each under its own hostname, judged by the others through its lease), every
+attempt goes to a host picked at random (a resubmission often lands on another host than the first attempt),
+kills hit either host, and the `db_outage` action stops PostgreSQL (immediate shutdown) for a while and starts it
+again (reliability/pg_mode.py). The same invariant checker reads the shared table instead of the LMDB file.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import msgspec
 import trio
 
 from cloudlayer.samples import sample_purchase
-from cloudlayer.store.integrity import iter_records, scan_store
+from cloudlayer.store.integrity import IntegrityReport, iter_records, scan_store
 from cloudlayer.store.types import State, TransactionRecord
 
 from .hosts import AttackedHost, SimulatorProcess
@@ -50,6 +56,9 @@ class ChaosPlan:
     per_txn_deadline: float = 90.0  # Mypinpad gives up resubmitting after this (then our final pass)
     seed: int = 8
     connector_kind: str = "iso8583"  # or "http" (tests/connector_kinds.py)
+    pg_hosts: int = 0  # 0: one host on LMDB; N: N hosts on one PostgreSQL database (Chaos(..., pg=...))
+    actions: tuple[str, ...] = ()  # () = every action of the connector kind (plus db_outage with pg_hosts)
+    db_outage: float = 3.0  # seconds PostgreSQL stays down in a db_outage action
 
 
 @dataclass
@@ -73,6 +82,9 @@ class ChaosFigures:
     stalls: int = 0
     drops: int = 0
     revocations: int = 0  # http: every token revoked at the payment host
+    db_outages: int = 0  # PostgreSQL stopped (immediate) and started again
+    store_503s: int = 0  # 503 store-unavailable answers (problem+json, Retry-After), resubmitted
+    readyz_store_down: int = 0  # a host's /readyz seen 503 naming the store during an outage
     server_errors: int = 0  # http: 500 after processing
     authorizations: int = 0
     reversals: int = 0
@@ -88,10 +100,15 @@ class ChaosFigures:
 
 
 class Mypinpad:
-    """One emulated Mypinpad: a token, and resubmission of the same body until a 200."""
+    """One emulated Mypinpad: a token, and resubmission of the same body until a 200, each attempt to one of the
+    hosts (at random when there are several: a load balancer that does not stick)."""
 
-    def __init__(self, host: AttackedHost, figures: ChaosFigures, timeout: float) -> None:
-        self.host = host
+    def __init__(
+        self, hosts: list[AttackedHost], figures: ChaosFigures, timeout: float, rng: random.Random | None = None
+    ) -> None:
+        self.hosts = hosts
+        self.host = hosts[0]  # the OAuth client (the hosts share the client registry)
+        self.rng = rng or random.Random(0)
         self.figures = figures
         self.token = ""
         self.client = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_keepalive_connections=32))
@@ -105,7 +122,7 @@ class Mypinpad:
             "client_id": self.host.client_id,
             "client_secret": self.host.client_secret,
         }
-        r = await self.client.post(self.host.url + "/oauth/token", data=form)
+        r = await self.client.post(self.rng.choice(self.hosts).url + "/oauth/token", data=form)
         r.raise_for_status()
         self.token = str(r.json()["access_token"])
 
@@ -118,7 +135,7 @@ class Mypinpad:
                     await self._refresh_token()
                 self.figures.requests += 1
                 r = await self.client.post(
-                    self.host.url + "/transaction/process",
+                    self.rng.choice(self.hosts).url + "/transaction/process",
                     content=txn.body,
                     headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
                 )
@@ -138,11 +155,22 @@ class Mypinpad:
                 )
                 return None
             else:
+                if r is not None:
+                    self._check_5xx(txn, r)
                 txn.failed_attempts += 1
                 self.figures.lost_answers += 1
             await trio.sleep(backoff)
             backoff = min(backoff * 2, 1.0)
         return None
+
+    def _check_5xx(self, txn: Txn, r: httpx.Response) -> None:
+        """Our host never answers a 500: a 5xx is a 503 problem+json with Retry-After (busy, in progress, store
+        unavailable), always safe to resubmit."""
+        problem = r.headers.get("Content-Type", "").startswith("application/problem+json")
+        if r.status_code != 503 or not problem or not r.headers.get("Retry-After"):
+            self.figures.violations.append(f"{txn.transaction_id}: answered {r.status_code} {r.text[:200]}")
+        elif r.json().get("type", "").endswith("/problems/store-unavailable"):
+            self.figures.store_503s += 1
 
 
 def _amount(rng: random.Random) -> int:
@@ -155,15 +183,20 @@ def _amount(rng: random.Random) -> int:
 
 
 class Chaos:
-    def __init__(self, workdir: Path, plan: ChaosPlan) -> None:
+    def __init__(self, workdir: Path, plan: ChaosPlan, pg: Any = None) -> None:
+        assert bool(plan.pg_hosts) == (pg is not None), "pg_hosts needs a pg_cluster.PgDatabase, and only then"
         self.workdir = workdir
         self.plan = plan
+        self.pg = pg
         self.rng = random.Random(plan.seed)
         self.figures = ChaosFigures()
         self.txns: list[Txn] = []
         self.simulator: SimulatorProcess | None = None
-        self.actions = HTTP_ACTIONS if plan.connector_kind == "http" else ACTIONS
-        self.host: AttackedHost | None = None
+        self.actions = plan.actions or (HTTP_ACTIONS if plan.connector_kind == "http" else ACTIONS)
+        if plan.pg_hosts and not plan.actions:
+            self.actions = (*self.actions, "db_outage")
+        self.host: AttackedHost | None = None  # the first host (the only one on LMDB)
+        self.hosts: list[AttackedHost] = []
         self.admin = httpx.AsyncClient(timeout=10)
         self.metrics_text = b""  # /metrics after the run, for the card-data scan
         self.first_round_done = False  # every chaos action has run at least once
@@ -173,7 +206,7 @@ class Chaos:
     async def _client_loop(self, index: int, stop_at: float) -> None:
         assert self.host is not None
         rng = random.Random(self.plan.seed * 1000 + index)
-        mpp = Mypinpad(self.host, self.figures, timeout=self.plan.acquirer_timeout * 2 + 8)
+        mpp = Mypinpad(self.hosts, self.figures, timeout=self.plan.acquirer_timeout * 2 + 8, rng=rng)
         try:
             n = 0
             # Load goes on until the time is up AND every chaos action has run once (a slow machine must not
@@ -202,22 +235,28 @@ class Chaos:
         r = await self.admin.post(f"http://127.0.0.1:{self.simulator.admin_port}/faults", json=faults)
         r.raise_for_status()
 
-    async def _restart(self) -> None:
-        assert self.host is not None
-        await trio.to_thread.run_sync(self.host.start)
+    async def _restart(self, host: AttackedHost | None = None) -> None:
+        host = host or self.host
+        assert host is not None
+        await trio.to_thread.run_sync(host.start)
 
     async def _act(self, action: str) -> None:
         assert self.host is not None
         timeout = self.plan.acquirer_timeout
+        victim = self.rng.choice(self.hosts)  # either host, with several
         if action == "kill_worker":
-            if await trio.to_thread.run_sync(self.host.kill_random_worker, self.rng):
+            if await trio.to_thread.run_sync(victim.kill_random_worker, self.rng):
                 self.figures.worker_kills += 1
-            if not self.host.running():  # the supervisor gave up (crash loop): restart it
-                await self._restart()
+            if not victim.running():  # the supervisor gave up (crash loop): restart it
+                await self._restart(victim)
         elif action == "kill_host":
-            await trio.to_thread.run_sync(self.host.kill_all)
+            await trio.to_thread.run_sync(victim.kill_all)
             self.figures.host_kills += 1
-            await self._restart()
+            await self._restart(victim)
+        elif action == "db_outage":
+            from .pg_mode import db_outage
+
+            await db_outage(self)
         elif action == "link_cut":
             await self._faults(close_next=self.rng.randint(1, 3))
             self.figures.link_cuts += 1
@@ -274,14 +313,22 @@ class Chaos:
         acquirer = start_acquirer(plan.connector_kind, self.workdir, latency_ms=5)
         self.simulator = acquirer.simulator
         try:
-            self.host = AttackedHost(
-                self.workdir / "host",
-                self.simulator,
-                workers=plan.workers,
-                acquirer_timeout=plan.acquirer_timeout,
-                extra=acquirer.host_extra({"metrics": {"enabled": True}}),
-            )
-            await self._restart()
+            if self.pg is not None:
+                from .pg_mode import start_hosts
+
+                self.hosts = await start_hosts(self, acquirer.host_extra({"metrics": {"enabled": True}}))
+            else:
+                self.hosts = [
+                    AttackedHost(
+                        self.workdir / "host",
+                        self.simulator,
+                        workers=plan.workers,
+                        acquirer_timeout=plan.acquirer_timeout,
+                        extra=acquirer.host_extra({"metrics": {"enabled": True}}),
+                    )
+                ]
+                await self._restart(self.hosts[0])
+            self.host = self.hosts[0]
             try:
                 stop_at = trio.current_time() + plan.duration
                 async with trio.open_nursery() as nursery:
@@ -294,9 +341,17 @@ class Chaos:
                 if self.host.server is not None and self.host.server.metrics_url:
                     self.metrics_text = (await self.admin.get(self.host.server.metrics_url + "/metrics")).content
             finally:
-                await trio.to_thread.run_sync(self.host.stop)
+                for host in self.hosts:
+                    await trio.to_thread.run_sync(host.stop)
             ledger = await trio.to_thread.run_sync(self.simulator.ledger)
-            check_invariants(self.figures, self.txns, ledger, self.host)
+            if self.pg is not None:
+                from .pg_mode import stored
+
+                records, report = await trio.to_thread.run_sync(stored, self.pg, self.host.client_id)
+            else:
+                records = [r for r in iter_records(self.host.store_path) if r.client_id == self.host.client_id]
+                report = scan_store(self.host.store_path, pending_max_age=0.0)
+            check_invariants(self.figures, self.txns, ledger, records, report)
         finally:
             await self.admin.aclose()
             self.simulator.stop()
@@ -306,7 +361,7 @@ class Chaos:
     async def _final_pass(self) -> None:
         """Mypinpad gave up on some (bounded retries): the merchant retries later; every one ends in a 200."""
         assert self.host is not None
-        mpp = Mypinpad(self.host, self.figures, timeout=self.plan.acquirer_timeout * 2 + 8)
+        mpp = Mypinpad(self.hosts, self.figures, timeout=self.plan.acquirer_timeout * 2 + 8, rng=self.rng)
         try:
             for txn in self.txns:
                 if not txn.answers:
@@ -326,13 +381,20 @@ class Chaos:
         return depth
 
 
-def check_invariants(figures: ChaosFigures, txns: list[Txn], ledger: dict[str, Any], host: AttackedHost) -> None:
-    """Append every broken promise to figures.violations (the store is read after the host stopped)."""
+def check_invariants(
+    figures: ChaosFigures,
+    txns: list[Txn],
+    ledger: dict[str, Any],
+    stored: list[TransactionRecord],
+    report: IntegrityReport,
+) -> None:
+    """Append every broken promise to figures.violations. `stored`: the Mypinpad client's records and `report`:
+    the store's integrity scan with pending_max_age 0 (LMDB or PostgreSQL, read after the hosts stopped)."""
     v = figures.violations
     totals = ledger["totals"]
     figures.authorizations = int(totals["authorizations"])
     figures.reversals = int(totals["reversals"])
-    records = {r.transaction_id: r for r in iter_records(host.store_path) if r.client_id == host.client_id}
+    records = {r.transaction_id: r for r in stored}
     by_stan = {(r.terminal_id.ljust(8), r.stan): r for r in records.values()}
     sent = {t.transaction_id for t in txns}
     for tid in set(records) - sent:
@@ -353,7 +415,6 @@ def check_invariants(figures: ChaosFigures, txns: list[Txn], ledger: dict[str, A
         _check_ledger_entry(key, entry, by_stan.get((terminal, stan)), v)
     if figures.saf_left != 0:
         v.append(f"SAF queue not drained: {figures.saf_left} left")
-    report = scan_store(host.store_path, pending_max_age=0.0)
     figures.integrity_problems = len(report.problems)
     v.extend(f"integrity: {p.check} {p.key}: {p.detail}" for p in report.problems)
     if report.pending:

@@ -105,6 +105,12 @@ class AttackedHost(Host):
     def kill_all(self) -> None:
         """The whole host dies at once (power cut): SIGKILL the supervisor and every worker."""
         procs = self.processes()
+        if procs:  # freeze the supervisor first: a worker it spawns while we list its children would live on
+            try:
+                procs[0].send_signal(signal.SIGSTOP)
+            except psutil.NoSuchProcess:
+                pass
+            procs = [procs[0], *self.processes()[1:]]
         for p in procs:
             try:
                 p.send_signal(signal.SIGKILL)

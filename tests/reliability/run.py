@@ -2,6 +2,10 @@
 left (logs of every incarnation, var/ with LMDB, /metrics); prints the figures table. Exit 1 on a violation.
 
     .venv/bin/python tests/reliability/run.py [--chaos-seconds 120] [--soak-seconds 60] [--soak-rate 50]
+        [--pg-hosts 2]
+
+--pg-hosts N runs the chaos part on N hosts sharing one PostgreSQL database (a throw-away cluster,
+tests/pg_cluster.py), with PostgreSQL itself stopped and started again among the actions.
 """
 
 from __future__ import annotations
@@ -31,11 +35,30 @@ def _scan_all(work: Path, chaos_metrics: bytes, soak_metrics: bytes) -> tuple[li
     return hits, sum(1 for p in work.rglob("*") if p.is_file())
 
 
+async def _chaos(work: Path, args: argparse.Namespace) -> Chaos:
+    plan = ChaosPlan(duration=args.chaos_seconds, clients=6, interval=3.0, seed=args.seed, pg_hosts=args.pg_hosts)
+    if not args.pg_hosts:
+        chaos = Chaos(work / "chaos", plan)
+        await chaos.run()
+        return chaos
+    from pg_cluster import PgCluster
+
+    cluster = PgCluster()
+    try:
+        await trio.to_thread.run_sync(cluster.start)
+        chaos = Chaos(work / "chaos", plan, pg=await trio.to_thread.run_sync(cluster.create_database))
+        await chaos.run()
+        return chaos
+    finally:
+        await trio.to_thread.run_sync(cluster.stop)
+
+
 async def main(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="cloudlayer-reliability-"))
-    chaos = Chaos(work / "chaos", ChaosPlan(duration=args.chaos_seconds, clients=6, interval=3.0, seed=args.seed))
-    figures = await chaos.run()
-    print(_table(f"Chaos under load ({args.chaos_seconds:.0f} s)", figures.table_row()), flush=True)
+    chaos = await _chaos(work, args)
+    figures = chaos.figures
+    mode = f", {args.pg_hosts} hosts on PostgreSQL" if args.pg_hosts else ""
+    print(_table(f"Chaos under load ({args.chaos_seconds:.0f} s{mode})", figures.table_row()), flush=True)
     for v in figures.violations[:50]:
         print("VIOLATION", v)
     soak = await run_soak(work / "soak", seconds=args.soak_seconds, rate=args.soak_rate)
@@ -55,4 +78,5 @@ if __name__ == "__main__":
     parser.add_argument("--soak-seconds", type=float, default=60.0)
     parser.add_argument("--soak-rate", type=float, default=50.0)
     parser.add_argument("--seed", type=int, default=8)
+    parser.add_argument("--pg-hosts", type=int, default=0, help="chaos on N hosts sharing one PostgreSQL (0: LMDB)")
     sys.exit(trio.run(main, parser.parse_args()))

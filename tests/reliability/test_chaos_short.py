@@ -1,6 +1,7 @@
 """Chaos under load, short form (~30 s): kills, link cuts and stalls while Mypinpad resubmits; zero violations.
+Also on two hosts sharing one PostgreSQL database (~60 s), Mypinpad resubmitting to either host.
 
-The long form is `python tests/reliability/run.py`."""
+The long form is `python tests/reliability/run.py` (`--pg-hosts 2` for the PostgreSQL mode)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,29 @@ async def test_chaos_short_no_violations(tmp_path: Path, connector_kind: str) ->
     assert chaos.host is not None and chaos.metrics_text
     hits = scan_files([*chaos.host.log_files(), *chaos.host.var_files()])
     hits += scan_bytes(chaos.metrics_text, "/metrics")
+    assert hits == []
+
+
+async def test_chaos_short_two_pg_hosts_no_violations(tmp_path: Path, pg_database: Any) -> None:
+    """Either host killed (a worker or the whole process tree), link cuts, stalls, dropped answers; each attempt
+    to a host picked at random, so resubmissions cross hosts. (PostgreSQL stopped mid-load: tests/test_pg_hosts.py.)"""
+    plan = ChaosPlan(
+        duration=20.0,
+        clients=4,
+        interval=2.5,
+        seed=5,
+        pg_hosts=2,
+        actions=("kill_host", "kill_worker", "link_cut", "stall", "drop", "kill_host"),
+    )
+    chaos = Chaos(tmp_path, plan, pg=pg_database)
+    figures = await chaos.run()
+    assert figures.violations == []
+    assert figures.worker_kills >= 1 and figures.host_kills >= 2 and figures.link_cuts >= 1
+    assert figures.lost_answers > 0 and figures.duplicates_served > 0
+    assert figures.attempted >= 30 and figures.authorizations >= figures.attempted // 2
+    assert figures.saf_left == 0 and figures.integrity_problems == 0  # integrity: the shared table, card data too
+    assert len(chaos.hosts) == 2
+    hits = scan_files([p for h in chaos.hosts for p in (*h.log_files(), *h.var_files())])
     assert hits == []
 
 

@@ -45,6 +45,7 @@ from ..store.types import (
     LeaseLost,
     OwnerDied,
     State,
+    StoreUnavailable,
     TransactionRecord,
     TransactionStore,
 )
@@ -351,6 +352,8 @@ class TransactionFlow:
     async def _note_replay(self, client_id: str, transaction_id: str) -> None:
         try:
             await self._store.add_events(client_id, transaction_id, Event(time.time(), "replayed"), replay=True)
+        except StoreUnavailable as e:  # an outage: expected, said in one line (no traceback for a known cause)
+            log.warning("replay_event_failed", transaction_id=transaction_id, error=str(e))
         except Exception:  # bookkeeping only: the replay itself was already answered
             log.exception("replay_event_failed", transaction_id=transaction_id)
 
