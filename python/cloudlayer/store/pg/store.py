@@ -191,7 +191,7 @@ class PgStore:
             return
         held, leases = await self._call(self._lease.renew)
         self._leases, self._leases_at = leases, trio.current_time()
-        if not held:
+        if not held and not self._lease.lost:  # a concurrent heartbeat (the renewal loop's) may have lost it first
             await self._lose("the database found the lease expired")
 
     async def _lose(self, why: str) -> None:
