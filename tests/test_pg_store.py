@@ -121,6 +121,18 @@ async def test_only_an_awaited_completion_notifies_and_after_its_commit(pg: PgBa
             assert await trio.to_thread.run_sync(lambda: [n.payload for n in conn.notifies(timeout=0.5)]) == []
 
 
+async def test_a_failed_notify_does_not_fail_the_committed_completion(pg: PgBackend) -> None:
+    async with pg.open() as store:
+        await store.claim(rec())
+        await store._call(lambda c: rows.mark_awaited(c, "c1", "t1"))
+        with pg.database.cluster.admin(pg.database.name) as conn:  # the NOTIFY after the commit now fails
+            conn.execute("REVOKE EXECUTE ON FUNCTION pg_notify(text, text) FROM PUBLIC")
+        done = await store.complete("c1", "t1", completion())
+        assert done.state is State.COMPLETED
+        got = await store.get("c1", "t1")
+        assert got is not None and got.state is State.COMPLETED
+
+
 async def test_owner_on_another_host_lives_by_its_lease_on_the_database_clock(pg: PgBackend) -> None:
     remote = "other-host:0123456789ab:4242:99"
     async with pg.open(owner_id=remote) as ghost:

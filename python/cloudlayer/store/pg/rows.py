@@ -13,12 +13,16 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import psycopg
+import structlog
+from psycopg.pq import TransactionStatus
 
 from .. import codec
 from ..types import Completion, Event, State, TransactionRecord
 from .database import Conn
 from .listener import CHANNEL, key_of
 
+log = structlog.get_logger(__name__)
 _event_encoder = msgspec.msgpack.Encoder()
 _event_decoder = msgspec.msgpack.Decoder(Event)
 
@@ -151,8 +155,19 @@ def complete(
     if row is None:
         return None
     if row[N_COLUMNS]:  # another worker or host waits: wake it (store/pg/listener.py)
-        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, key_of(client_id, transaction_id)))
+        _notify(conn, key_of(client_id, transaction_id))
     return to_record(row)
+
+
+def _notify(conn: Conn, key: str) -> None:
+    if conn.info.transaction_status is not TransactionStatus.IDLE:  # in the caller's transaction: sent on its commit
+        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, key))
+        return
+    try:
+        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, key))
+    except psycopg.Error as e:
+        # The completion has committed: it must not be reported failed. The waiter finds it by its poll.
+        log.warning("store_completion_notify_failed", error=type(e).__name__)
 
 
 def mark_awaited(conn: Conn, client_id: str, transaction_id: str) -> None:
