@@ -85,9 +85,11 @@ def start_pg_hosts(
             cfg.write_text(pg_host_toml(toml, db.store_section(), shared, ports[0]))
             configs.append(cfg)
         _cli(["db", "migrate", "--config", str(configs[0])])
-        if os.environ.get("BENCH_PG_NOTIFY") == "off":  # a lever measured (bench/README.md), never a setting
-            with cluster.admin(db.name) as conn:
-                conn.execute("ALTER TABLE transactions DISABLE TRIGGER transactions_completed_notify")
+        notify = os.environ.get("BENCH_PG_NOTIFY")  # a lever measured (bench/README.md), never a setting
+        if notify:
+            from pg_notify_lever import set_mode
+
+            set_mode(cluster, db.name, notify)
         client = json.loads(_cli(["client", "add", "bench", "--json", "--config", str(configs[0])]).splitlines()[-1])
         wait_tcp(bench.procs, f"simulator-{name}", sim, sim_port)
         hosts = []

@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from cloudlayer.sealing import Sealer
+from cloudlayer.store.pg import rows
 from cloudlayer.store.pg.database import Database, DatabaseUnavailable
 from cloudlayer.store.pg.integrity import scan_database
 from cloudlayer.store.types import ClaimOutcome, State, TransactionRecord
@@ -94,6 +95,42 @@ async def test_waiter_is_woken_by_notify_not_by_polling(pg: PgBackend) -> None:
             await owner.complete("c1", "t1", completion())
         assert other._listener.notifications > before
         assert woke[0] - t0 < 0.4  # the NOTIFY, not a poll, woke it
+
+
+async def test_only_an_awaited_completion_notifies_and_after_its_commit(pg: PgBackend) -> None:
+    """Migration 0007: nobody waiting, no NOTIFY (its global lock stays off the hot path); a waiter's mark makes
+    the completion notify, from a transaction of its own once the completion has committed."""
+    async with pg.open() as owner, pg.open() as other:
+        with trio.fail_after(10):
+            while not other._listener.connected:  # noqa: ASYNC110 - a flag the listening thread sets
+                await trio.sleep(0.01)
+        await owner.claim(rec())
+        await owner.complete("c1", "t1", completion())
+        await owner.claim(rec("t2"))
+        with pg.database.connect() as conn:
+            conn.execute("LISTEN cloudlayer_completed")
+            await other._call(lambda c: rows.mark_awaited(c, "c1", "t2"))
+            await other._call(lambda c: rows.mark_awaited(c, "c1", "t1"))  # COMPLETED: left alone
+            assert conn.execute("SELECT transaction_id, awaited FROM transactions ORDER BY 1").fetchall() == [
+                ("t1", False),
+                ("t2", True),
+            ]
+            await owner.complete("c1", "t2", completion())
+            got = await trio.to_thread.run_sync(lambda: [n.payload for n in conn.notifies(timeout=2.0, stop_after=1)])
+            assert got == ["c1\x1ft2"]  # t1's completion (unawaited) sent none
+            assert await trio.to_thread.run_sync(lambda: [n.payload for n in conn.notifies(timeout=0.5)]) == []
+
+
+async def test_a_failed_notify_does_not_fail_the_committed_completion(pg: PgBackend) -> None:
+    async with pg.open() as store:
+        await store.claim(rec())
+        await store._call(lambda c: rows.mark_awaited(c, "c1", "t1"))
+        with pg.database.cluster.admin(pg.database.name) as conn:  # the NOTIFY after the commit now fails
+            conn.execute("REVOKE EXECUTE ON FUNCTION pg_notify(text, text) FROM PUBLIC")
+        done = await store.complete("c1", "t1", completion())
+        assert done.state is State.COMPLETED
+        got = await store.get("c1", "t1")
+        assert got is not None and got.state is State.COMPLETED
 
 
 async def test_owner_on_another_host_lives_by_its_lease_on_the_database_clock(pg: PgBackend) -> None:
@@ -204,7 +241,6 @@ async def test_unreachable_database_fails_the_store_cleanly(pg: PgBackend) -> No
 
 
 def test_record_columns_round_trip() -> None:
-    from cloudlayer.store.pg import rows
 
     r = rec(sealed_request=b"s", card_key=b"\xcc" * 32, reversed_by="r9")
     blob = rows.claim_blob(r)

@@ -1,7 +1,7 @@
 """Wake duplicates waiting on a transaction that another host completes: LISTEN/NOTIFY with a fallback poll.
 
-The trigger of migration 0002 sends `cloudlayer_completed` with `client_id US transaction_id` when a row
-turns COMPLETED; PostgreSQL delivers it on commit, to every listening connection. One connection per worker
+The store sends `cloudlayer_completed` with `client_id US transaction_id` once a row a waiter marked has
+turned COMPLETED (store/pg/rows.py complete, migration 0007), to every listening connection. One connection per worker
 process listens (not a pooled one: a pooled connection goes back to the pool between calls) in a worker
 thread that returns to check its stop flag every LISTEN_TICK, and hands each notification to trio.
 

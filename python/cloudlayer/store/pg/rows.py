@@ -13,11 +13,16 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import psycopg
+import structlog
+from psycopg.pq import TransactionStatus
 
 from .. import codec
 from ..types import Completion, Event, State, TransactionRecord
 from .database import Conn
+from .listener import CHANNEL, key_of
 
+log = structlog.get_logger(__name__)
 _event_encoder = msgspec.msgpack.Encoder()
 _event_decoder = msgspec.msgpack.Decoder(Event)
 
@@ -121,14 +126,16 @@ def complete(
     conn: Conn, client_id: str, transaction_id: str, owner: str, epoch: int, c: Completion, now: float
 ) -> TransactionRecord | None:
     """PENDING under `owner` at `epoch`, its lease live -> COMPLETED with the answer, card data erased, in one
-    statement (the trigger of migration 0002 notifies waiters on commit). None: fenced (not PENDING under that
-    owner and epoch: completed, or taken over; or the owner's lease has run out)."""
+    statement; then, only if a waiter marked the row (migration 0007), NOTIFY in a statement of its own. None:
+    fenced (not PENDING under that owner and epoch: completed, or taken over; or the owner's lease has run out).
+    On an autocommit connection the NOTIFY's transaction writes nothing: it holds the notify lock without a WAL
+    flush. Inside a caller's transaction (a REVERSAL's) it is sent on that commit, as a trigger's was."""
     row = conn.execute(
         "UPDATE transactions t SET state = 'COMPLETED', completed_at = %s, sealed_request = NULL,"
         " response_status = %s, response_body = %s, response_code = %s, approved = %s, authorisation_code = %s,"
         " outcome = %s, events = cl_trim_events(t.events || %s::bytea[], %s)"
         f" WHERE {_PK} AND t.state = 'PENDING' AND t.owner = %s AND t.epoch = %s AND {_LEASE_LIVE}"
-        f" RETURNING {COLUMNS}",
+        f" RETURNING {COLUMNS}, t.awaited",
         (
             now,
             c.response_status,
@@ -145,7 +152,36 @@ def complete(
             epoch,
         ),
     ).fetchone()
-    return None if row is None else to_record(row)
+    if row is None:
+        return None
+    if row[N_COLUMNS]:  # another worker or host waits: wake it (store/pg/listener.py)
+        _notify(conn, key_of(client_id, transaction_id))
+    return to_record(row)
+
+
+def _notify(conn: Conn, key: str) -> None:
+    if conn.info.transaction_status is not TransactionStatus.IDLE:  # in the caller's transaction: sent on its commit
+        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, key))
+        return
+    try:
+        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, key))
+    except psycopg.Error as e:
+        # The completion has committed: it must not be reported failed. The waiter finds it by its poll.
+        log.warning("store_completion_notify_failed", error=type(e).__name__)
+
+
+def mark_awaited(conn: Conn, client_id: str, transaction_id: str) -> None:
+    """Ask the completion of this PENDING record to NOTIFY (migration 0007); nothing if it is not PENDING."""
+    conn.execute(
+        f"UPDATE transactions t SET awaited = true WHERE {_PK} AND t.state = 'PENDING' AND NOT t.awaited",
+        (client_id, transaction_id),
+    )
+
+
+def find_awaited(conn: Conn, client_id: str, transaction_id: str) -> tuple[TransactionRecord, float | None] | None:
+    """mark_awaited, then find_claimed: a completion committed after the mark notifies; one before it is read."""
+    mark_awaited(conn, client_id, transaction_id)
+    return find_claimed(conn, client_id, transaction_id)
 
 
 def add_events(conn: Conn, client_id: str, transaction_id: str, events: list[Event], replay: bool) -> bool:

@@ -13,7 +13,8 @@
   - take-over: one UPDATE, epoch + 1; the taker then waits for the dead lease's end + acquirer.timeout before
     it recovers, so that whatever the old owner sent has landed; complete is fenced by owner, epoch and a live
     lease (LeaseLost otherwise);
-  - waiting for a duplicate in flight anywhere: LISTEN/NOTIFY (store/pg/listener.py) with a bounded poll;
+  - waiting for a duplicate in flight anywhere: LISTEN/NOTIFY (store/pg/listener.py) with a bounded poll; the
+    waiter marks the row, and only a marked row's completion notifies, after its commit (migration 0007);
   - STAN/RRN: blocks of store.ids.BLOCK from the `id_blocks` sequence, unique across hosts and restarts.
 PostgreSQL groups concurrent commits into one WAL flush itself: there is no batching writer here.
 Card keys and a REVERSAL's hold on its original: store/pg/keys.py (migration 0004).
@@ -190,7 +191,7 @@ class PgStore:
             return
         held, leases = await self._call(self._lease.renew)
         self._leases, self._leases_at = leases, trio.current_time()
-        if not held:
+        if not held and not self._lease.lost:  # a concurrent heartbeat (the renewal loop's) may have lost it first
             await self._lose("the database found the lease expired")
 
     async def _lose(self, why: str) -> None:
@@ -385,11 +386,14 @@ class PgStore:
         OwnerDied if the owner dies meanwhile, KeyError if there is no such record. Callers bound it."""
         key = key_of(client_id, transaction_id)
         delay = WAIT_MIN
+        marked = False  # the first read marks the row: its completion notifies (migration 0007)
         while True:
             woken = self._listener.event_for(key)
+            read = rows.find_claimed if marked else rows.find_awaited
             found: tuple[TransactionRecord, float | None] | None = await self._call(
-                lambda conn: rows.find_claimed(conn, client_id, transaction_id)
+                lambda conn: read(conn, client_id, transaction_id)  # noqa: B023 - awaited in this iteration
             )
+            marked = True
             if found is None:
                 raise KeyError("wait_completed: no such transaction")
             rec, left = found
