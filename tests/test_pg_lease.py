@@ -281,7 +281,7 @@ async def test_a_fenced_approval_is_reversed_only_when_the_record_does_not_carry
     connector = Iso8583Connector(acquirer_config(), tmp_path / "saf", SEALER, host="127.0.0.1", port=9)
     try:
         async with pg.open(owner_id=REMOTE) as old:
-            claimed = [(await old.claim(rec(tid))).record for tid in ("agrees", "declined", "recovering")]
+            claimed = [(await old.claim(rec(tid))).record for tid in ("agrees", "declined", "recovering", "ours")]
         expire(pg, REMOTE, seconds_ago=30.0)
         async with pg.open(send_window=0.5) as taker:
             for tid in ("agrees", "declined", "recovering"):
@@ -291,7 +291,7 @@ async def test_a_fenced_approval_is_reversed_only_when_the_record_does_not_carry
                 completion(b"declined"), approved=False, authorisation_code=None, response_code="91"
             )
             await taker.complete("c1", "declined", declined)  # its inquiry found nothing: reversed, declined
-            stans = {"agrees": 1, "declined": 2, "recovering": 3}
+            stans = {"agrees": 1, "declined": 2, "recovering": 3, "ours": 4}  # "ours": not taken over yet
             answers = {}
             for r in claimed:
                 answers[r.transaction_id] = await fencing.after_fenced(
@@ -300,6 +300,7 @@ async def test_a_fenced_approval_is_reversed_only_when_the_record_does_not_carry
         assert answers["agrees"] is not None and answers["agrees"].response_body == b"approved"
         assert answers["declined"] is not None and answers["declined"].response_body == b"declined"
         assert answers["recovering"] is None  # still PENDING under its new owner: 503, it decides
+        assert answers["ours"] is None  # still PENDING under the lost owner: its next owner's inquiry decides
         assert connector.reversals_queued == 1  # the approval the recorded decline does not carry
         saf = SafQueue(tmp_path / "saf", SEALER)
         try:

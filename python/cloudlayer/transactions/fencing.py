@@ -42,9 +42,11 @@ async def after_fenced(
 ) -> TransactionRecord | None:
     """Our answer was not recorded. The record to replay (COMPLETED by its new owner), or None (retry later).
 
-    An approval we hold and the record does not carry is reversed (queued; SAF entries are idempotent by key),
-    unless a new owner is still recovering the record: its inquiry, made after our lease's end plus
-    acquirer.timeout, sees this approval and decides alone (a reversal queued now could race it)."""
+    An approval we hold is reversed (queued; SAF entries are idempotent by key) only when the record is
+    COMPLETED with another answer. While the record is PENDING, under a new owner or still under ours (our
+    lease lost, nobody has taken it over yet), its next owner's inquiry, made after our lease's end plus
+    acquirer.timeout, sees this approval and decides alone: a reversal queued now could land after that
+    inquiry answered "approved" (reversed at the issuer, answered approved)."""
     current = await store.get(rec.client_id, rec.transaction_id)
     log.error(
         "completion_fenced",
@@ -61,7 +63,7 @@ async def after_fenced(
             and current.approved
             and current.authorisation_code == completion.authorisation_code
         )
-        recovering = current is not None and current.state is State.PENDING and current.owner != rec.owner
+        recovering = current is not None and current.state is State.PENDING
         if not agrees and not recovering:
             await connector.queue_reversal(unseal(rec), reason="fenced: an approval the store did not record")
     if current is not None and current.state is State.COMPLETED:
