@@ -136,7 +136,27 @@ def new_client(
     return client, secret
 
 
-class ClientRegistry:
+class ClientChanges:
+    """disable and rotate-secret, one rule for every backend: each backend brings its atomic `_update`."""
+
+    _hasher: SecretHasher
+
+    def _update(self, client_id: str, change: Callable[[Client], Client]) -> Client:
+        raise NotImplementedError
+
+    def disable(self, client_id: str) -> Client:
+        return self._update(client_id, lambda c: msgspec.structs.replace(c, enabled=False, updated_at=time.time()))
+
+    def rotate_secret(self, client_id: str) -> tuple[Client, str]:
+        secret = new_client_secret()
+        client = self._update(
+            client_id,
+            lambda c: msgspec.structs.replace(c, secret_hash=self._hasher.hash(secret), updated_at=time.time()),
+        )
+        return client, secret
+
+
+class ClientRegistry(ClientChanges):
     """ClientStore on one LMDB environment (store.backend = "lmdb")."""
 
     def __init__(self, path: Path, hasher: SecretHasher) -> None:
@@ -190,17 +210,6 @@ class ClientRegistry:
         with self._env.begin(write=True) as txn:
             if not txn.put(client.client_id.encode(), _encoder.encode(client), overwrite=False):
                 raise RegistryError("client id collision; try again")
-        return client, secret
-
-    def disable(self, client_id: str) -> Client:
-        return self._update(client_id, lambda c: msgspec.structs.replace(c, enabled=False, updated_at=time.time()))
-
-    def rotate_secret(self, client_id: str) -> tuple[Client, str]:
-        secret = new_client_secret()
-        client = self._update(
-            client_id,
-            lambda c: msgspec.structs.replace(c, secret_hash=self._hasher.hash(secret), updated_at=time.time()),
-        )
         return client, secret
 
     def put(self, client: Client) -> None:

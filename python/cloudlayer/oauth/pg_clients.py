@@ -8,18 +8,25 @@ process's copy after they commit. A write while PostgreSQL is unreachable raises
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
-
-import msgspec
 
 from ..store.pg.database import Database
 from . import pg_rows
-from .client_secrets import SecretHasher, new_client_secret
-from .clients import AUTH_METHODS, Client, ClientView, RegistryError, new_client, plausible_id, unknown_client, view_of
+from .client_secrets import SecretHasher
+from .clients import (
+    AUTH_METHODS,
+    Client,
+    ClientChanges,
+    ClientView,
+    RegistryError,
+    new_client,
+    plausible_id,
+    unknown_client,
+    view_of,
+)
 
 
-class PgClientRegistry:
+class PgClientRegistry(ClientChanges):
     def __init__(self, db: Database, hasher: SecretHasher) -> None:
         self._db = db
         self._hasher = hasher
@@ -61,17 +68,6 @@ class PgClientRegistry:
         if not self._db.call_sync(lambda conn: pg_rows.insert_client(conn, client)):
             raise RegistryError("client id collision; try again")
         self._remember(client)
-        return client, secret
-
-    def disable(self, client_id: str) -> Client:
-        return self._update(client_id, lambda c: msgspec.structs.replace(c, enabled=False, updated_at=time.time()))
-
-    def rotate_secret(self, client_id: str) -> tuple[Client, str]:
-        secret = new_client_secret()
-        client = self._update(
-            client_id,
-            lambda c: msgspec.structs.replace(c, secret_hash=self._hasher.hash(secret), updated_at=time.time()),
-        )
         return client, secret
 
     def put(self, client: Client) -> None:
