@@ -181,7 +181,11 @@ async def _load_with_backup(
             answers[tid] = (body, r.content, time.monotonic())
 
     async def take_backup() -> None:
-        await trio.sleep(1.0)
+        # Wait for answers, not for a fixed time: on a slow machine the first second may answer nothing,
+        # and the test needs transactions completed before the backup (replayed) as well as during it.
+        with trio.fail_after(60):
+            while len(answers) < 40:
+                await trio.sleep(0.05)
         window.append(time.monotonic())
         done = await trio.to_thread.run_sync(
             lambda: cli(host.config, "backup", str(tmp_path / "bk"), "--keys-dir", str(tmp_path / "bk-keys"))
