@@ -1,6 +1,7 @@
 """A TCP relay between one host and the acquirer simulator, so that a test can cut ONE host's link while the
 others keep theirs: `blackhole()` keeps every connection open but lets no byte through in either direction (a
-network partition: the host's sends vanish, its timeouts fire), `restore()` relays again. Loopback only;
+network partition: the host's sends vanish, its timeouts fire), `sever()` resets every connection and refuses
+new ones (the peer is unreachable: the host's calls fail at once), `restore()` relays again. Loopback only;
 plain threads (the test process is not a trio program), each blocking call bounded by a socket timeout."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ class LinkProxy:
         self._listener.settimeout(0.2)
         self.port = int(self._listener.getsockname()[1])
         self._cut = threading.Event()
+        self._refuse = threading.Event()
         self._stop = threading.Event()
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -25,8 +27,20 @@ class LinkProxy:
     def blackhole(self) -> None:
         self._cut.set()
 
+    def sever(self) -> None:
+        self._refuse.set()
+        with self._lock:
+            live, self._sockets = self._sockets, []
+        for s in live:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
     def restore(self) -> None:
         self._cut.clear()
+        self._refuse.clear()
 
     def _accept(self) -> None:
         while not self._stop.is_set():
@@ -36,6 +50,9 @@ class LinkProxy:
                 continue
             except OSError:
                 return
+            if self._refuse.is_set():
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
             except OSError:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import httpx
 
 from conftest import ServerProcess, write_config
 from reliability.hosts import AttackedHost
-from txn_harness import CLOUDLAYER, SimulatorProcess
+from txn_harness import CLOUDLAYER, Host, SimulatorProcess
 
 UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
 ACQUIRER_TIMEOUT = 3.0  # txn_harness.Host's default
@@ -114,3 +116,66 @@ def pending_rows(pg_database: Any) -> list[tuple[str, str]]:
     with pg_database.connect() as conn:
         rows = conn.execute("SELECT transaction_id, owner FROM transactions WHERE state = 'PENDING'").fetchall()
     return [(str(t), str(o)) for t, o in rows]
+
+
+class Background:
+    """Host A's first attempt, waiting in a thread for whatever A answers once it is continued."""
+
+    def __init__(self, url: str, body: bytes, headers: dict[str, str]) -> None:
+        self.response: httpx.Response | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(url, body, headers), daemon=True)
+        self._thread.start()
+
+    def _run(self, url: str, body: bytes, headers: dict[str, str]) -> None:
+        try:
+            self.response = httpx.post(url + "/transaction/process", content=body, headers=headers, timeout=90)
+        except BaseException as e:  # reported by join()
+            self.error = e
+
+    def join(self, within: float = 30.0) -> httpx.Response:
+        self._thread.join(within)
+        assert not self._thread.is_alive(), "host A never answered its first attempt"
+        assert self.error is None, repr(self.error)
+        assert self.response is not None
+        return self.response
+
+
+def resubmit_until_answered(host: Host, body: bytes, headers: dict[str, str], within: float = 40.0) -> httpx.Response:
+    """Mypinpad resubmits after a 503 or a timeout; B answers once it has recovered A's claim."""
+    statuses: list[int | str] = []
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.post(host.url + "/transaction/process", content=body, headers=headers, timeout=30)
+        except httpx.TransportError as e:
+            statuses.append(type(e).__name__)
+            time.sleep(0.2)
+            continue
+        statuses.append(r.status_code)
+        if r.status_code == 200:
+            return r
+        assert r.status_code == 503, r.text  # in progress / busy: never a 500, never a made-up decline
+        time.sleep(0.2)
+    raise AssertionError(f"no answer from host B within {within} s: {statuses}")
+
+
+def replay(host: Host, body: bytes, headers: dict[str, str], within: float = 30.0) -> httpx.Response:
+    """The replay, from whichever worker now serves the host (A's paused one is replaced)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            r = httpx.post(host.url + "/transaction/process", content=body, headers=headers, timeout=10)
+            if r.status_code == 200:
+                return r
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "no replay"
+        time.sleep(0.2)
+
+
+def wait_for_log(host: Host | PgHost, text: str, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while text not in host.log_text():
+        assert time.monotonic() < deadline, f"{text!r} never logged by host A"
+        time.sleep(0.05)

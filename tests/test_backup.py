@@ -169,6 +169,7 @@ async def _load_with_backup(
     answers: dict[str, tuple[bytes, bytes, float]] = {}  # id -> (body, answer, when answered)
     window: list[float] = []
     stop = trio.Event()
+    enough = trio.Event()  # 40 answers in: the backup starts
 
     async def load(worker: int, client: httpx.AsyncClient) -> None:
         for i in range(400):
@@ -179,13 +180,14 @@ async def _load_with_backup(
             r = await client.post(host.url + "/transaction/process", content=body, headers=headers(token))
             assert r.status_code == 200, r.text
             answers[tid] = (body, r.content, time.monotonic())
+            if len(answers) >= 40:
+                enough.set()
 
     async def take_backup() -> None:
         # Wait for answers, not for a fixed time: on a slow machine the first second may answer nothing,
         # and the test needs transactions completed before the backup (replayed) as well as during it.
         with trio.fail_after(60):
-            while len(answers) < 40:
-                await trio.sleep(0.05)
+            await enough.wait()
         window.append(time.monotonic())
         done = await trio.to_thread.run_sync(
             lambda: cli(host.config, "backup", str(tmp_path / "bk"), "--keys-dir", str(tmp_path / "bk-keys"))

@@ -16,19 +16,18 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 import pytest
 
 from cloudlayer.samples import sample_purchase
 from conftest import write_config
 from connector_kinds import Acquirer, start_acquirer
+from pg_hosts_harness import Background, replay, resubmit_until_answered, wait_for_log
 from txn_harness import CLOUDLAYER, Host, SimulatorProcess
 
 pytestmark = pytest.mark.slow
@@ -92,69 +91,6 @@ def stopped_worker(host: Host, within: float = 20.0) -> psutil.Process:
                 continue
         time.sleep(0.02)
     raise AssertionError("host A's worker never reached its pause point")
-
-
-class Background:
-    """Host A's first attempt, waiting in a thread for whatever A answers once it is continued."""
-
-    def __init__(self, url: str, body: bytes, headers: dict[str, str]) -> None:
-        self.response: httpx.Response | None = None
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(url, body, headers), daemon=True)
-        self._thread.start()
-
-    def _run(self, url: str, body: bytes, headers: dict[str, str]) -> None:
-        try:
-            self.response = httpx.post(url + "/transaction/process", content=body, headers=headers, timeout=90)
-        except BaseException as e:  # reported by join()
-            self.error = e
-
-    def join(self, within: float = 30.0) -> httpx.Response:
-        self._thread.join(within)
-        assert not self._thread.is_alive(), "host A never answered its first attempt"
-        assert self.error is None, repr(self.error)
-        assert self.response is not None
-        return self.response
-
-
-def resubmit_until_answered(host: Host, body: bytes, headers: dict[str, str], within: float = 40.0) -> httpx.Response:
-    """Mypinpad resubmits after a 503 or a timeout; B answers once it has recovered A's claim."""
-    statuses: list[int | str] = []
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            r = httpx.post(host.url + "/transaction/process", content=body, headers=headers, timeout=30)
-        except httpx.TransportError as e:
-            statuses.append(type(e).__name__)
-            time.sleep(0.2)
-            continue
-        statuses.append(r.status_code)
-        if r.status_code == 200:
-            return r
-        assert r.status_code == 503, r.text  # in progress / busy: never a 500, never a made-up decline
-        time.sleep(0.2)
-    raise AssertionError(f"no answer from host B within {within} s: {statuses}")
-
-
-def replay(host: Host, body: bytes, headers: dict[str, str], within: float = 30.0) -> httpx.Response:
-    """The replay, from whichever worker now serves the host (A's paused one is replaced)."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            r = httpx.post(host.url + "/transaction/process", content=body, headers=headers, timeout=10)
-            if r.status_code == 200:
-                return r
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "no replay"
-        time.sleep(0.2)
-
-
-def wait_for_log(host: Host, text: str, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while text not in host.log_text():
-        assert time.monotonic() < deadline, f"{text!r} never logged by host A"
-        time.sleep(0.05)
 
 
 def test_host_paused_holding_an_approval_past_its_lease_cannot_complete_and_both_replay_the_recovery(
