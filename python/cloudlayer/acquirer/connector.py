@@ -36,6 +36,7 @@ from .types import (
     AcquirerRequest,
     AcquirerResponse,
     AcquirerUnavailable,
+    ClaimFence,
     LeaseExpired,
     MessageKind,
     OutcomeUnknown,
@@ -120,11 +121,11 @@ class Iso8583Connector:
         """Fix the MTI now: recovery and reversals quote what was sent, whatever acquirer.purchase_mti says later."""
         return msgspec.structs.replace(request, mti=request_mti(request, self._cfg.purchase_mti))
 
-    async def send(self, request: AcquirerRequest) -> AcquirerResponse:
+    async def send(self, request: AcquirerRequest, *, fence: ClaimFence | None = None) -> AcquirerResponse:
         with self._saf_forwarder.using():
-            return await self._send(request)
+            return await self._send(request, fence)
 
-    async def _send(self, request: AcquirerRequest) -> AcquirerResponse:
+    async def _send(self, request: AcquirerRequest, fence: ClaimFence | None) -> AcquirerResponse:
         msg, frame = self._encode(request, request_mti(request, self._cfg.purchase_mti))
         state = _SendState(self._guard)
         try:
@@ -139,12 +140,12 @@ class Iso8583Connector:
                 # timeout) and decides; a reversal queued now could race its recovery. As after a crash here.
                 raise LeaseExpired(f"{e}; the lease ran out: left to the next owner", sent=True) from None
             with trio.CancelScope(shield=True):
-                await self.queue_reversal(request, str(e))
+                await self.queue_reversal(request, str(e), fence=fence)
             raise OutcomeUnknown(f"{e}; reversal queued") from None
         except trio.Cancelled:
             if state.sent:  # cancelled from outside after sending: still never leave it unreversed
                 with trio.CancelScope(shield=True):
-                    await self.queue_reversal(request, "cancelled after send")
+                    await self.queue_reversal(request, "cancelled after send", fence=fence)
             raise
         return parse_response(reply)
 
@@ -168,12 +169,14 @@ class Iso8583Connector:
         with self._saf_forwarder.using():
             return bool(await trio.to_thread.run_sync(self._saf.known, entry_key(reversal)))
 
-    async def queue_reversal(self, request: AcquirerRequest, reason: str) -> None:
+    async def queue_reversal(self, request: AcquirerRequest, reason: str, *, fence: ClaimFence | None = None) -> None:
         reversal = reversal_for(request, self._cfg.purchase_mti, self._cfg.acquirer_institution_id)
         # A reversal whose own outcome is unknown may have reached the acquirer as an 0400: retry it as 0401.
         sent = 1 if request.kind is MessageKind.REVERSAL else 0
         with self._saf_forwarder.using():
-            added = await trio.to_thread.run_sync(functools.partial(self._saf.add, reversal, reason, attempts=sent))
+            added = await trio.to_thread.run_sync(
+                functools.partial(self._saf.add, reversal, reason, attempts=sent, fence=fence)
+            )
         if added:
             self.reversals_queued += 1
             log.warning("reversal_queued", stan=request.stan, terminal=request.terminal_id, reason=reason)

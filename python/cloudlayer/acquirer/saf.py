@@ -23,7 +23,7 @@ import lmdb
 import msgspec
 
 from ..sealing import Sealer, SealError
-from .types import AcquirerRequest, MessageKind
+from .types import AcquirerRequest, ClaimFence, MessageKind
 
 _MAP_SIZE = 64 * 1024 * 1024
 # How long an acknowledged reversal is remembered: far longer than any resubmission of its transaction.
@@ -109,10 +109,13 @@ class SafQueue:
             self._closed = True
             _close_env(self.path)
 
-    def add(self, request: AcquirerRequest, reason: str, *, attempts: int = 0) -> bool:
+    def add(self, request: AcquirerRequest, reason: str, *, attempts: int = 0, fence: ClaimFence | None = None) -> bool:
         """Durably queue a reversal. False if it was already queued (idempotent).
 
         `attempts` > 0 when the 0400 itself may already have gone out: every send from the queue is then an 0401.
+        `fence` is not checked here: this file is written at once, never kept in memory through an outage to land
+        later, and on one machine a claim is taken over only from a worker /proc shows dead (the LMDB store), so a
+        reversal cannot arrive after another worker's recovery of the claim the way a kept one can on PostgreSQL.
         """
         if request.kind is not MessageKind.REVERSAL or request.original is None:
             raise ValueError("only reversals with original data go into the SAF queue")

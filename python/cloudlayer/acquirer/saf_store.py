@@ -17,12 +17,14 @@ if TYPE_CHECKING:
     from ..config import Config
     from ..sealing import Sealer
     from .saf import SafEntry, SafItem
-    from .types import AcquirerRequest
+    from .types import AcquirerRequest, ClaimFence
 
 
 class SafStore(Protocol):
-    def add(self, request: AcquirerRequest, reason: str, *, attempts: int = 0) -> bool:
-        """Durably queue a reversal (idempotent: False if already queued or acknowledged)."""
+    def add(self, request: AcquirerRequest, reason: str, *, attempts: int = 0, fence: ClaimFence | None = None) -> bool:
+        """Durably queue a reversal (idempotent: False if already queued or acknowledged). With `fence`, only while
+        that transaction's record is still `fence.owner`'s, atomically with the check (False, dropped, if not):
+        a claim taken over meanwhile belongs to its new owner's recovery, which inquires and decides alone."""
         ...
 
     def claim_due(self, owner: str, lease_seconds: float, limit: int = 32) -> list[SafItem]:

@@ -68,6 +68,17 @@ class AcquirerResponse(msgspec.Struct, frozen=True, kw_only=True):
     late: bool = False
 
 
+class ClaimFence(msgspec.Struct, frozen=True):
+    """Whose claim a reversal is queued for: the SAF queue writes it only while the transaction's record is still
+    `owner`'s (PostgreSQL: checked under the record's row lock in the insert itself). A worker that kept a
+    reversal in memory through an outage, and lost the claim meanwhile, drops it: the record's new owner has
+    inquired and decided (docs/postgres.md "A reversal queued by an owner that lost its claim")."""
+
+    client_id: str
+    transaction_id: str
+    owner: str
+
+
 class AcquirerUnavailable(Exception):
     """The request was never sent (link down, back-pressure limit): safe to decline without reversal."""
 
@@ -126,11 +137,11 @@ class Connector(Protocol):
         """The connector's background work (links, tokens, the store-and-forward loop) until cancelled."""
         ...
 
-    async def send(self, request: AcquirerRequest) -> AcquirerResponse:
+    async def send(self, request: AcquirerRequest, *, fence: ClaimFence | None = None) -> AcquirerResponse:
         """Send one authorization/financial/reversal message and wait (within acquirer.timeout).
 
         Raises AcquirerUnavailable if it was not sent (RequestNotEncodable if it cannot be), OutcomeUnknown if
-        it may have been (a reversal is then already queued in the store-and-forward queue).
+        it may have been (a reversal is then already queued in the store-and-forward queue, under `fence`).
         """
         ...
 
@@ -146,9 +157,11 @@ class Connector(Protocol):
         trust an inquiry's approval for a transaction we already reversed."""
         ...
 
-    async def queue_reversal(self, request: AcquirerRequest, reason: str) -> None:
+    async def queue_reversal(self, request: AcquirerRequest, reason: str, *, fence: ClaimFence | None = None) -> None:
         """Durably queue a reversal of a message whose outcome is unknown (ISO 8583: an 0400 quoting it in field
-        90), to be retried until the acquirer acknowledges it (0410, or the host's answer)."""
+        90), to be retried until the acquirer acknowledges it (0410, or the host's answer). With `fence`, only
+        while that claim is still its owner's (else dropped: the claim's new owner decides); None for a
+        reversal owed whoever holds the record (an approval the store did not record, transactions/fencing.py)."""
         ...
 
     # Counters and states the host copies into its metrics once a second (observability/metrics.py).

@@ -65,6 +65,7 @@ async def after_fenced(
         )
         recovering = current is not None and current.state is State.PENDING
         if not agrees and not recovering:
+            # Unfenced: the record is COMPLETED under its new owner with another answer; nobody inquires again.
             await connector.queue_reversal(unseal(rec), reason="fenced: an approval the store did not record")
     if current is not None and current.state is State.COMPLETED:
         return current

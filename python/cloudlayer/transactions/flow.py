@@ -27,6 +27,7 @@ from ..acquirer.types import (
     AcquirerRequest,
     AcquirerResponse,
     AcquirerUnavailable,
+    ClaimFence,
     Connector,
     LeaseExpired,
     MessageKind,
@@ -237,6 +238,10 @@ class TransactionFlow:
 
     # ---- the three ways to an answer ---------------------------------------------------------------
 
+    def _fence(self, rec: TransactionRecord) -> ClaimFence:
+        """A reversal queued for this claim is written only while the claim is still ours (acquirer.types)."""
+        return ClaimFence(rec.client_id, rec.transaction_id, self._store.owner_id)
+
     async def _authorize(self, rec: TransactionRecord) -> Answer:
         acq_req = self._unseal(rec)
         sent_at = time.time()
@@ -244,11 +249,11 @@ class TransactionFlow:
         sent: tuple[Event, ...] = (Event(sent_at, "sent", rec.acquirer_mti),)  # the timeline says so only if so
         try:
             self._check_guard()
-            resp = await self._connector.send(acq_req)
+            resp = await self._connector.send(acq_req, fence=self._fence(rec))
             outcome = "approved" if resp.response_code in APPROVED_CODES else "declined"
             last = Event(time.time(), "answered", resp.response_code)
             if acq_req.kind is MessageKind.REVERSAL and resp.response_code in REVERSAL_NOT_ACKNOWLEDGED:
-                resp, outcome = await self._forward_unacknowledged(acq_req, resp.response_code)
+                resp, outcome = await self._forward_unacknowledged(rec, acq_req, resp.response_code)
         except RequestNotEncodable as e:
             return await self._refuse(rec, e)
         except LeaseExpired as e:
@@ -257,7 +262,9 @@ class TransactionFlow:
             log.warning("acquirer_unavailable", transaction_id=rec.transaction_id, stan=rec.stan, reason=str(e))
             if acq_req.kind is MessageKind.REVERSAL:
                 # A reversal is owed whatever the link's state: store and forward it, never drop it.
-                await self._connector.queue_reversal(acq_req, reason=f"acquirer unavailable: {e}")
+                await self._connector.queue_reversal(
+                    acq_req, reason=f"acquirer unavailable: {e}", fence=self._fence(rec)
+                )
                 resp, outcome = AcquirerResponse(response_code="00"), STORED_FOR_FORWARDING
             else:
                 resp, outcome = _our_decline(), "unavailable-declined"
@@ -305,13 +312,15 @@ class TransactionFlow:
             and acq_req.kind is MessageKind.REVERSAL
             and found.response_code in REVERSAL_NOT_ACKNOWLEDGED
         ):
-            resp, outcome = await self._forward_unacknowledged(acq_req, found.response_code)
+            resp, outcome = await self._forward_unacknowledged(rec, acq_req, found.response_code)
         elif found is not None:
             outcome = "recovered-" + ("approved" if found.response_code in APPROVED_CODES else "declined")
             resp = found
         else:
             # Unknown outcome: reverse (the original may yet arrive late) and decline. Never authorize twice.
-            await self._connector.queue_reversal(acq_req, reason="orphaned: outcome unknown after crash")
+            await self._connector.queue_reversal(
+                acq_req, reason="orphaned: outcome unknown after crash", fence=self._fence(rec)
+            )
             if acq_req.kind is MessageKind.REVERSAL:
                 # The queued message is this reversal itself, forwarded until acknowledged: as in _authorize,
                 # it counts as done (a 91 here would let a second reversal of the original through).
@@ -321,10 +330,14 @@ class TransactionFlow:
         events = (Event(time.time(), "recovered", outcome),)
         return await self._finish(rec, resp, outcome, events, trio.current_time() - t0)
 
-    async def _forward_unacknowledged(self, acq_req: AcquirerRequest, code: str) -> tuple[AcquirerResponse, str]:
+    async def _forward_unacknowledged(
+        self, rec: TransactionRecord, acq_req: AcquirerRequest, code: str
+    ) -> tuple[AcquirerResponse, str]:
         """A reversal answered 91/96 reversed nothing yet (spec.REVERSAL_NOT_ACKNOWLEDGED): store and forward it
         (repeated as 0401 until acknowledged), and count it done, as when the link is down."""
-        await self._connector.queue_reversal(acq_req, reason=f"reversal answered {code}: not acknowledged")
+        await self._connector.queue_reversal(
+            acq_req, reason=f"reversal answered {code}: not acknowledged", fence=self._fence(rec)
+        )
         return AcquirerResponse(response_code="00"), STORED_FOR_FORWARDING
 
     async def _refuse(self, rec: TransactionRecord, e: RequestNotEncodable) -> Answer:

@@ -37,6 +37,7 @@ from ..types import (
     AcquirerRequest,
     AcquirerResponse,
     AcquirerUnavailable,
+    ClaimFence,
     LeaseExpired,
     MessageKind,
     OutcomeUnknown,
@@ -165,7 +166,7 @@ class HttpConnector:
     def prepare(self, request: AcquirerRequest) -> AcquirerRequest:
         return request  # the key is fixed already; nothing else here changes with the config
 
-    async def send(self, request: AcquirerRequest) -> AcquirerResponse:
+    async def send(self, request: AcquirerRequest, *, fence: ClaimFence | None = None) -> AcquirerResponse:
         with self._saf_forwarder.using():
             state = _SendState()
             try:
@@ -178,12 +179,12 @@ class HttpConnector:
                 if not self._guard.may_send():  # as in the ISO connector: the next owner inquires and decides
                     raise LeaseExpired(f"{e}; the lease ran out: left to the next owner", sent=True) from None
                 with trio.CancelScope(shield=True):
-                    await self.queue_reversal(request, str(e))
+                    await self.queue_reversal(request, str(e), fence=fence)
                 raise OutcomeUnknown(f"{e}; reversal queued") from None
             except trio.Cancelled:
                 if state.sent:  # cancelled from outside after sending: still never leave it unreversed
                     with trio.CancelScope(shield=True):
-                        await self.queue_reversal(request, "cancelled after send")
+                        await self.queue_reversal(request, "cancelled after send", fence=fence)
                 raise
 
     async def _send_once(self, request: AcquirerRequest, state: _SendState) -> AcquirerResponse:
@@ -218,11 +219,13 @@ class HttpConnector:
         with self._saf_forwarder.using():
             return bool(await trio.to_thread.run_sync(self._saf.known, entry_key(reversal_for(request))))
 
-    async def queue_reversal(self, request: AcquirerRequest, reason: str) -> None:
+    async def queue_reversal(self, request: AcquirerRequest, reason: str, *, fence: ClaimFence | None = None) -> None:
         reversal = reversal_for(request)
         sent = 1 if request.kind is MessageKind.REVERSAL else 0  # as ISO: the first delivery is already a resend
         with self._saf_forwarder.using():
-            added = await trio.to_thread.run_sync(functools.partial(self._saf.add, reversal, reason, attempts=sent))
+            added = await trio.to_thread.run_sync(
+                functools.partial(self._saf.add, reversal, reason, attempts=sent, fence=fence)
+            )
         if added:
             self.reversals_queued += 1
             log.warning("reversal_queued", stan=request.stan, terminal=request.terminal_id, reason=reason)

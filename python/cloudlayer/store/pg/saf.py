@@ -7,13 +7,23 @@ each send) counts the attempt only while the lease is still ours, so a host whos
 
 The reversal request is stored only sealed with the hosts' sealing key (associated data = the key).
 
-PostgreSQL unavailable: a reversal is owed, so `add` never loses one. It keeps the sealed entry in memory
-(`known` and `len` count it) and writes it on every later call until it lands; an acknowledgement that could
-not be recorded is kept the same way (until then the row may be sent again after its lease: a repeat 0401,
-which the acquirer answers without reversing twice). Loop calls (`claim_due`, `next_due`, `purge_done`,
-`release`) report nothing and try again later; `record_attempt` says "do not send". Only a process that dies
-during the outage loses its memory: the transaction it reversed is still PENDING in the transaction store,
-and the host that recovers it inquires and reverses again (docs/postgres.md, "SAF in PostgreSQL").
+Fencing (docs/postgres.md "A reversal queued by an owner that lost its claim"): a reversal queued for a claim
+(`ClaimFence`) is inserted only if the transaction's record is still that owner's, checked under the record's
+row lock (FOR SHARE) in the insert statement itself. A take-over updates that row, so the two are serialized:
+if the insert commits first, the taker's recovery (after its fence wait) finds the reversal and answers
+"reversed"; if the take-over commits first, the insert sees the new owner and the reversal is dropped, because
+the new owner inquires and decides alone (a reversal landing after it answered "approved" would reverse at
+the issuer what Mypinpad was told was approved). This is what makes a reversal kept in memory through an
+outage longer than the lease safe to write later.
+
+PostgreSQL unavailable: a reversal is owed, so `add` never loses one while its claim is ours. It keeps the
+sealed entry in memory (`known` and `len` count it) and writes it, fenced, on every later call until it
+lands; an acknowledgement that could not be recorded is kept the same way (until then the row may be sent
+again after its lease: a repeat 0401, which the acquirer answers without reversing twice). Loop calls
+(`claim_due`, `next_due`, `purge_done`, `release`) report nothing and try again later; `record_attempt` says
+"do not send". Only a process that dies during the outage loses its memory: the transaction it reversed is
+still PENDING in the transaction store, and the host that recovers it inquires and reverses again
+(docs/postgres.md, "SAF in PostgreSQL").
 
 Every method blocks (the network): call them through trio.to_thread.run_sync.
 """
@@ -28,7 +38,7 @@ import msgspec
 import structlog
 
 from ...acquirer.saf import SafEntry, SafItem, entry_key
-from ...acquirer.types import AcquirerRequest, MessageKind
+from ...acquirer.types import AcquirerRequest, ClaimFence, MessageKind
 from ...sealing import Sealer, SealError
 from .database import Conn, Database, DatabaseUnavailable
 
@@ -45,6 +55,17 @@ _INSERT = (
     " %(original_mti)s WHERE NOT EXISTS (SELECT 1 FROM saf_done WHERE key = %(key)s)"
     " ON CONFLICT (key) DO NOTHING"
 )
+# The same insert for a claim's reversal: (rows inserted, the claim still ours), in one statement so that the
+# row lock is held only by the server, never across a round trip of a host that may pause.
+_INSERT_FENCED = (
+    "WITH ours AS (SELECT 1 FROM transactions t WHERE t.client_id = %(client_id)s"
+    "  AND t.transaction_id = %(transaction_id)s AND t.owner = %(owner)s FOR SHARE),"
+    " ins AS (INSERT INTO saf_entries (key, sealed, reason, attempts, terminal_id, stan, rrn, amount, original_mti)"
+    "  SELECT %(key)s, %(sealed)s, %(reason)s, %(attempts)s, %(terminal_id)s, %(stan)s, %(rrn)s, %(amount)s,"
+    "  %(original_mti)s WHERE EXISTS (SELECT 1 FROM ours)"
+    "  AND NOT EXISTS (SELECT 1 FROM saf_done WHERE key = %(key)s) ON CONFLICT (key) DO NOTHING RETURNING 1)"
+    " SELECT (SELECT count(*) FROM ins), EXISTS (SELECT 1 FROM ours)"
+)
 _CLAIM = (
     "WITH due AS (SELECT key FROM saf_entries"
     "  WHERE next_attempt <= now() AND (leased_until IS NULL OR leased_until <= now())"
@@ -59,9 +80,13 @@ _ENTRY_COLUMNS = (
 )
 
 
-def _row(request: AcquirerRequest, sealed: bytes, reason: str, attempts: int, key: bytes) -> dict[str, Any]:
+def _row(
+    request: AcquirerRequest, sealed: bytes, reason: str, attempts: int, key: bytes, fence: ClaimFence | None
+) -> dict[str, Any]:
     assert request.original is not None
+    claim = {} if fence is None else msgspec.structs.asdict(fence)  # client_id, transaction_id, owner
     return {
+        **claim,
         "key": key.decode("ascii"),
         "sealed": sealed,
         "reason": reason,
@@ -72,6 +97,27 @@ def _row(request: AcquirerRequest, sealed: bytes, reason: str, attempts: int, ke
         "amount": request.amount,
         "original_mti": request.original.mti,
     }
+
+
+def _write(conn: Conn, row: dict[str, Any]) -> bool | None:
+    """Insert one reversal row: True if added, False if already queued or acknowledged, None if its claim is no
+    longer the queuing owner's (dropped: see the module's docstring)."""
+    if "owner" not in row:
+        return bool(conn.execute(_INSERT, row).rowcount == 1)
+    result = conn.execute(_INSERT_FENCED, row).fetchone()
+    assert result is not None
+    added, ours = int(result[0]), bool(result[1])
+    return None if not ours else added == 1
+
+
+def _dropped(row: dict[str, Any], where: str) -> None:
+    log.warning(
+        "saf_reversal_dropped",
+        stan=row["stan"],
+        terminal=row["terminal_id"],
+        transaction_id=row["transaction_id"],
+        reason=f"{where}: the transaction is no longer this owner's claim; its new owner inquires and decides",
+    )
 
 
 class PgSafQueue:
@@ -112,18 +158,22 @@ class PgSafQueue:
         if not rows and not acks:
             return
 
-        def write(conn: Conn) -> None:
+        def write(conn: Conn) -> int:
+            dropped = 0
             for _, row in rows:
-                conn.execute(_INSERT, row)
+                if _write(conn, row) is None:
+                    _dropped(row, "kept through an outage")
+                    dropped += 1
             for key in acks:
                 self._ack(conn, key)
+            return dropped
 
-        self._call(write)
+        dropped: int = self._call(write)
         with self._lock:
             for key, _ in rows:
                 self._unwritten.pop(key, None)
             self._unrecorded_acks -= acks
-        log.info("saf_backlog_written", reversals=len(rows), acknowledgements=len(acks))
+        log.info("saf_backlog_written", reversals=len(rows) - dropped, dropped=dropped, acknowledgements=len(acks))
 
     def _count(self, conn: Conn) -> None:
         row = conn.execute("SELECT count(*), extract(epoch FROM min(created_at))::float8 FROM saf_entries").fetchone()
@@ -141,20 +191,23 @@ class PgSafQueue:
 
     # ---- SafStore ------------------------------------------------------------------------------------
 
-    def add(self, request: AcquirerRequest, reason: str, *, attempts: int = 0) -> bool:
+    def add(self, request: AcquirerRequest, reason: str, *, attempts: int = 0, fence: ClaimFence | None = None) -> bool:
         if request.kind is not MessageKind.REVERSAL or request.original is None:
             raise ValueError("only reversals with original data go into the SAF queue")
         key = entry_key(request)
-        row = _row(request, self._sealer.seal(_encoder.encode(request), key), reason, attempts, key)
+        row = _row(request, self._sealer.seal(_encoder.encode(request), key), reason, attempts, key, fence)
 
-        def insert(conn: Conn) -> bool:
-            added = conn.execute(_INSERT, row).rowcount == 1
+        def insert(conn: Conn) -> bool | None:
+            added = _write(conn, row)
             self._count(conn)
             return added
 
         try:
             self._flush()
-            return bool(self._call(insert))
+            added: bool | None = self._call(insert)
+            if added is None:
+                _dropped(row, "queued")
+            return bool(added)
         except DatabaseUnavailable as e:
             with self._lock:
                 if key in self._unwritten:
