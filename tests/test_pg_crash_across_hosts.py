@@ -1,7 +1,8 @@
 """A host SIGKILLed with a transaction in flight, the resubmission sent to the OTHER host: exactly once across
 hosts. Two real hosts (tests/pg_hosts_harness.py: each under its own hostname, so each judges the other's
 workers by their lease in PostgreSQL, never by /proc), one real database,
-one real simulator; host A's worker kills itself at each crash point of tests/test_exactly_once.py
+one real simulator (each connector: ISO 8583 over TCP and the HTTPS payment host, `connector_kind`); host A's
+worker kills itself at each crash point of tests/test_exactly_once.py
 (CLOUDLAYER_TESTING_CRASH_AT), then the whole of host A is SIGKILLed."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 
 from cloudlayer.samples import sample_purchase
 from cloudlayer.store.pg.rows import COLUMNS, to_record
+from connector_kinds import Acquirer, start_acquirer
 from link_proxy import LinkProxy
 from pg_hosts_harness import headers, pending_rows, pg_hosts
 from txn_harness import SimulatorProcess
@@ -30,6 +32,13 @@ def simulator(tmp_path: Path) -> Iterator[SimulatorProcess]:
     sim = SimulatorProcess(tmp_path / "sim", latency_ms=50)
     yield sim
     sim.stop()
+
+
+@pytest.fixture
+def acquirer(tmp_path: Path, connector_kind: str) -> Iterator[Acquirer]:
+    acq = start_acquirer(connector_kind, tmp_path / "acquirer", latency_ms=50)
+    yield acq
+    acq.stop()
 
 
 def _row(pg_database: Any, transaction_id: str) -> tuple[str, str, bytes | None, list[str]]:
@@ -59,7 +68,7 @@ def _row(pg_database: Any, transaction_id: str) -> tuple[str, str, bytes | None,
 )
 def test_a_host_killed_mid_transaction_the_other_host_answers_the_resubmission(
     tmp_path: Path,
-    simulator: SimulatorProcess,
+    acquirer: Acquirer,
     pg_database: Any,
     crash_at: str,
     lose_inquiry: bool,
@@ -68,7 +77,8 @@ def test_a_host_killed_mid_transaction_the_other_host_answers_the_resubmission(
     reversed_: bool | None,
 ) -> None:
     env = {"CLOUDLAYER_TESTING": "1", "CLOUDLAYER_TESTING_CRASH_AT": crash_at}
-    a, b = pg_hosts(tmp_path, simulator, pg_database, env=env)
+    simulator = acquirer.simulator
+    a, b = pg_hosts(tmp_path, simulator, pg_database, env=env, extra=acquirer.host_extra())
     tid = f"across-{crash_at}-{int(lose_inquiry)}"
     body = json.dumps(sample_purchase(tid, amount=8000)).encode()
     try:
@@ -81,7 +91,7 @@ def test_a_host_killed_mid_transaction_the_other_host_answers_the_resubmission(
         assert owner.startswith("cl-host-a/")
         assert state == ("COMPLETED" if crash_at == "after_completed" else "PENDING")
         if lose_inquiry:
-            simulator.set_faults(drop_next=1)  # B's repeat (0201) is applied, its answer lost
+            simulator.set_faults(drop_next=1)  # B's inquiry (0201, or the GET by key) is answered, the answer lost
 
         first = httpx.post(b.url + "/transaction/process", content=body, headers=headers(token), timeout=60)
         assert first.status_code == 200, first.text
