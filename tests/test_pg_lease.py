@@ -17,7 +17,7 @@ import trio
 from cloudlayer.acquirer.connector import Iso8583Connector
 from cloudlayer.acquirer.saf import SafQueue
 from cloudlayer.config import ConfigError, StoreConfig, load_config
-from cloudlayer.store.owner import OwnerId, boot_id, local_host
+from cloudlayer.store.owner import OwnerId, boot_id, local_host, local_owner_alive
 from cloudlayer.store.pg.database import Database
 from cloudlayer.store.pg.lease import Lease, boottime
 from cloudlayer.store.pg.store import LeaseGone
@@ -217,6 +217,28 @@ async def test_a_local_owner_that_is_gone_is_taken_over_at_once_whatever_its_lea
         assert trio.current_time() - t0 < 2.0
 
 
+async def test_a_key_given_up_here_then_claimed_by_another_host_is_not_taken_over_unawaited(pg: PgBackend) -> None:
+    """A claim attempt that failed here in doubt marks the key abandoned; if another host then claimed it, that
+    host's live claim is judged by its lease like any other, never taken over at once (no fence wait)."""
+    async with pg.open(send_window=1.5) as here, pg.open(owner_id=REMOTE) as there:
+        here.abandon("c1", "t1")
+        assert (await there.claim(rec())).outcome is ClaimOutcome.NEW
+        assert (await here.claim(rec())).outcome is ClaimOutcome.IN_FLIGHT
+        assert await here.take_over("c1", "t1", REMOTE) is None  # its lease runs
+        assert epoch_of(pg) == 0
+
+
+async def test_an_owner_under_our_hostname_with_another_boot_id_is_judged_by_its_lease(pg: PgBackend) -> None:
+    """Cloned machines share a hostname and the initial PID namespace's inode: an owner id naming our host but
+    another boot may be a live process elsewhere, so /proc does not judge it (it used to say "dead")."""
+    twin = OwnerId(local_host(), "0" * 12 if boot_id() != "0" * 12 else "1" * 12, os.getpid(), 1)
+    assert local_owner_alive(twin) is None
+    async with pg.open(owner_id=str(twin)) as other, pg.open(send_window=1.5) as here:
+        await other.claim(rec())
+        assert (await here.claim(rec())).outcome is ClaimOutcome.IN_FLIGHT
+        assert await here.take_over("c1", "t1", str(twin)) is None
+
+
 def _dead_pid() -> int:
     pid = os.getpid() + 100_000
     while os.path.exists(f"/proc/{pid}"):
@@ -281,23 +303,33 @@ async def test_a_fenced_approval_is_reversed_only_when_the_record_does_not_carry
     connector = Iso8583Connector(acquirer_config(), tmp_path / "saf", SEALER, host="127.0.0.1", port=9)
     try:
         async with pg.open(owner_id=REMOTE) as old:
-            claimed = [(await old.claim(rec(tid))).record for tid in ("agrees", "declined", "recovering", "ours")]
+            tids = ("agrees", "agrees-other-code", "declined", "recovering", "ours")
+            claimed = [(await old.claim(rec(tid))).record for tid in tids]
         expire(pg, REMOTE, seconds_ago=30.0)
         async with pg.open(send_window=0.5) as taker:
-            for tid in ("agrees", "declined", "recovering"):
+            for tid in ("agrees", "agrees-other-code", "declined", "recovering"):
                 assert await taker.take_over("c1", tid, REMOTE) is not None
             await taker.complete("c1", "agrees", approved_completion())  # its inquiry found our approval
+            # An acquirer may answer the repeat with another field 38 (or none): still the same authorization.
+            await taker.complete("c1", "agrees-other-code", approved_completion("ZZ9999"))
             declined = msgspec.structs.replace(
                 completion(b"declined"), approved=False, authorisation_code=None, response_code="91"
             )
             await taker.complete("c1", "declined", declined)  # its inquiry found nothing: reversed, declined
-            stans = {"agrees": 1, "declined": 2, "recovering": 3, "ours": 4}  # "ours": not taken over yet
+            stans = {
+                "agrees": 1,
+                "declined": 2,
+                "recovering": 3,
+                "ours": 4,
+                "agrees-other-code": 5,
+            }  # "ours": not taken over yet
             answers = {}
             for r in claimed:
                 answers[r.transaction_id] = await fencing.after_fenced(
                     taker, connector, r, approved_completion(), lambda r: request(stans[r.transaction_id])
                 )
         assert answers["agrees"] is not None and answers["agrees"].response_body == b"approved"
+        assert answers["agrees-other-code"] is not None and answers["agrees-other-code"].response_body == b"approved"
         assert answers["declined"] is not None and answers["declined"].response_body == b"declined"
         assert answers["recovering"] is None  # still PENDING under its new owner: 503, it decides
         assert answers["ours"] is None  # still PENDING under the lost owner: its next owner's inquiry decides

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 import trio
 from psycopg import sql
 
@@ -19,6 +20,8 @@ from cloudlayer.acquirer.connector import Iso8583Connector
 from cloudlayer.acquirer.messages import reversal_for
 from cloudlayer.acquirer.saf import entry_key
 from cloudlayer.acquirer.types import AcquirerRequest
+from cloudlayer.store.pg.database import DatabaseUnavailable
+from cloudlayer.store.pg.saf import ReversalNotDurable
 from cloudlayer.store.pg.settings import PgSettings
 from saf_backends import migrated, pg_saf
 from test_acquirer_support import SEALER, acquirer_config, request, running_connector, running_simulator, wait_until
@@ -53,9 +56,13 @@ def test_a_reversal_queued_while_the_database_is_down_is_kept_and_lands_later(pg
         _refuse_connections(pg_database, True)
         try:
             second = reversal_for(request(2), "0200", "123456")
-            assert q.add(second, "timeout") is True  # kept in memory, not lost, no exception
-            assert q.add(second, "timeout") is False  # still idempotent
-            assert q.known(entry_key(second)) is True
+            # Kept in memory, not lost; but not durable, so the caller records nothing that relies on it.
+            with pytest.raises(ReversalNotDurable):
+                q.add(second, "timeout")
+            with pytest.raises(ReversalNotDurable):
+                q.add(second, "timeout")  # still one entry
+            with pytest.raises(DatabaseUnavailable):  # recovery cannot rely on what only memory holds
+                q.known(entry_key(second))
             assert len(q) == 2
             assert q.claim_due("host-a", lease_seconds=30) == []  # the loop carries on
             assert q.record_attempt(entry_key(second), "host-a") is False  # so nothing is sent
@@ -70,6 +77,7 @@ def test_a_reversal_queued_while_the_database_is_down_is_kept_and_lands_later(pg
             q.next_due()
             time.sleep(0.2)
         assert _rows(pg_database) == 2
+        assert q.known(entry_key(second)) is True  # durable now
         assert {i.request.stan for i in q.claim_due("host-a", lease_seconds=30)} == {"000001", "000002"}
     finally:
         q.close()
@@ -79,10 +87,13 @@ _HOLDER = """
 import sys, time
 from pathlib import Path
 import msgspec
+import pytest
 from cloudlayer.acquirer.types import AcquirerRequest
 from cloudlayer.sealing import Sealer
 from cloudlayer.store.pg.database import Database
 from cloudlayer.store.pg.saf import PgSafQueue
+from cloudlayer.store.pg.database import DatabaseUnavailable
+from cloudlayer.store.pg.saf import ReversalNotDurable
 from cloudlayer.store.pg.settings import PgSettings
 
 fields = msgspec.json.decode(sys.argv[1])

@@ -10,13 +10,18 @@ import time
 from typing import Any
 
 import msgspec
-from psycopg import sql
+import pytest
+import trio
 
+from cloudlayer.acquirer.connector import Iso8583Connector
 from cloudlayer.acquirer.messages import reversal_for
 from cloudlayer.acquirer.saf import entry_key
 from cloudlayer.acquirer.types import ClaimFence
+from cloudlayer.store.pg.saf import ReversalNotDurable
+from cloudlayer.store.types import StoreUnavailable
 from saf_backends import migrated, pg_saf
-from test_acquirer_support import SEALER, request
+from test_acquirer_support import SEALER, acquirer_config, request, running_simulator
+from test_saf_pg import _refuse_connections
 
 OWNER_A, OWNER_B = "host-a:boot:11:1", "host-b:boot:22:2"
 
@@ -87,19 +92,6 @@ def test_a_take_over_in_progress_holds_the_insert_which_then_sees_the_new_owner(
         q.close()
 
 
-def _refuse_connections(pg_database: Any, refuse: bool) -> None:
-    with pg_database.cluster.admin() as conn:
-        conn.execute(
-            sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(
-                sql.Identifier(pg_database.name), sql.SQL("false" if refuse else "true")
-            )
-        )
-        if refuse:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (pg_database.name,)
-            )
-
-
 def test_a_reversal_kept_through_an_outage_is_written_for_its_claim_and_dropped_for_a_taken_one(
     pg_database: Any,
 ) -> None:
@@ -112,8 +104,9 @@ def test_a_reversal_kept_through_an_outage_is_written_for_its_claim_and_dropped_
         _refuse_connections(pg_database, True)
         try:
             kept, lost = reversal_for(request(1), "0200", "123456"), reversal_for(request(2), "0200", "123456")
-            assert q.add(kept, "timeout", fence=_fence("t-kept", OWNER_A)) is True  # in memory, owed
-            assert q.add(lost, "timeout", fence=_fence("t-lost", OWNER_A)) is True
+            for r, tid in ((kept, "t-kept"), (lost, "t-lost")):
+                with pytest.raises(ReversalNotDurable):  # kept in memory, owed; not durable yet
+                    q.add(r, "timeout", fence=_fence(tid, OWNER_A))
             assert len(q) == 3
         finally:
             _refuse_connections(pg_database, False)
@@ -129,3 +122,30 @@ def test_a_reversal_kept_through_an_outage_is_written_for_its_claim_and_dropped_
         assert len(q) == 2
     finally:
         q.close()
+
+
+async def test_a_timeout_reversal_that_cannot_be_made_durable_fails_the_send_as_store_unavailable(
+    pg_database: Any,
+) -> None:
+    """The acquirer's answer is lost and the database is gone when the timeout reversal is queued: the send
+    raises StoreUnavailable (the flow answers 503 and leaves the record PENDING), never OutcomeUnknown (which
+    records "reversed" on a reversal that only this process's memory holds)."""
+    settings = msgspec.structs.replace(migrated(pg_database), connect_timeout=1.0, pool_timeout=1.0)
+    saf = pg_saf(settings, SEALER)
+    cfg = msgspec.structs.replace(acquirer_config(), timeout=0.5)
+    async with running_simulator() as sim:
+        connector = Iso8583Connector(cfg, saf, SEALER, host="127.0.0.1", port=sim.port)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(connector.run)
+            with trio.fail_after(5):
+                await connector.wait_ready()
+            await trio.to_thread.run_sync(saf.next_due)  # the pool is open and in use
+            await trio.to_thread.run_sync(_refuse_connections, pg_database, True)
+            try:
+                sim.set_faults({"drop_next": 1})
+                with pytest.raises(StoreUnavailable):
+                    await connector.send(request(7), fence=_fence("t-7", OWNER_A))
+                assert len(saf) == 1  # kept, and written (fenced) once the database answers
+            finally:
+                await trio.to_thread.run_sync(_refuse_connections, pg_database, False)
+            await connector.aclose()

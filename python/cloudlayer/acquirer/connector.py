@@ -10,6 +10,7 @@ echo, reconnect with backoff) and the SAF retry loop.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import random
@@ -22,7 +23,7 @@ import trio
 
 from ..config import AcquirerConfig
 from ..sealing import Sealer
-from ..store.types import ALWAYS_SEND, SendGuard
+from ..store.types import ALWAYS_SEND, SendGuard, StoreUnavailable
 from . import spec
 from .backoff import backoff_delay
 from .codec import EncodeError, FrameError, FrameReader, Framing, Message, decode, encode
@@ -144,7 +145,8 @@ class Iso8583Connector:
             raise OutcomeUnknown(f"{e}; reversal queued") from None
         except trio.Cancelled:
             if state.sent:  # cancelled from outside after sending: still never leave it unreversed
-                with trio.CancelScope(shield=True):
+                with trio.CancelScope(shield=True), contextlib.suppress(StoreUnavailable):
+                    # Not durable (kept in memory): the record stays PENDING, and its recovery decides.
                     await self.queue_reversal(request, "cancelled after send", fence=fence)
             raise
         return parse_response(reply)

@@ -24,7 +24,9 @@ class SafStore(Protocol):
     def add(self, request: AcquirerRequest, reason: str, *, attempts: int = 0, fence: ClaimFence | None = None) -> bool:
         """Durably queue a reversal (idempotent: False if already queued or acknowledged). With `fence`, only while
         that transaction's record is still `fence.owner`'s, atomically with the check (False, dropped, if not):
-        a claim taken over meanwhile belongs to its new owner's recovery, which inquires and decides alone."""
+        a claim taken over meanwhile belongs to its new owner's recovery, which inquires and decides alone.
+        Raises StoreUnavailable when the reversal could not be made durable (PostgreSQL kept it in memory, to be
+        written later): the caller must then record no outcome that relies on it."""
         ...
 
     def claim_due(self, owner: str, lease_seconds: float, limit: int = 32) -> list[SafItem]:
@@ -44,7 +46,7 @@ class SafStore(Protocol):
         ...
 
     def known(self, key: bytes) -> bool:
-        """Whether this reversal was ever queued (pending, or acknowledged within DONE_RETENTION)."""
+        """Whether this reversal was ever durably queued (pending, or acknowledged within DONE_RETENTION)."""
         ...
 
     def purge_done(self, older_than: float) -> int:

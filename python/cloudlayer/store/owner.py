@@ -83,7 +83,10 @@ def local_owner_alive(owner: OwnerId) -> bool | None:
     if owner.host != local_host():
         return None
     if owner.boot != boot_id():
-        return False  # same host, earlier boot: everything it ran is gone
+        # An earlier boot of this machine, or another machine under the same hostname (cloned images; the initial
+        # PID namespace has the same inode on every kernel): /proc cannot tell which, so the lease or heartbeat
+        # decides. Judging it dead here would let a live host's claims be taken over without the fence wait.
+        return None
     st = process_state(owner.pid)
     if st is None:
         return False

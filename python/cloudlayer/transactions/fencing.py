@@ -57,12 +57,9 @@ async def after_fenced(
     )
     if completion.approved and rec.transaction_type != TransactionType.REVERSAL.value:
         done = current is not None and current.state is State.COMPLETED
-        agrees = (
-            done
-            and current is not None
-            and current.approved
-            and current.authorisation_code == completion.authorisation_code
-        )
+        # The new owner recorded an approval of the same message (its inquiry quoted our STAN): the same
+        # authorization, whatever field 38 an acquirer sends in answer to a repeat.
+        agrees = done and current is not None and current.approved
         recovering = current is not None and current.state is State.PENDING
         if not agrees and not recovering:
             # Unfenced: the record is COMPLETED under its new owner with another answer; nobody inquires again.

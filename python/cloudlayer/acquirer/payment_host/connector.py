@@ -13,6 +13,7 @@ checked before each API call and again as its first byte is about to go (LeaseEx
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Mapping
@@ -27,7 +28,7 @@ import trio
 from ...config import AcquirerConfig, Config
 from ...observability import metrics
 from ...sealing import Sealer
-from ...store.types import ALWAYS_SEND, SendGuard
+from ...store.types import ALWAYS_SEND, SendGuard, StoreUnavailable
 from .. import spec
 from ..backoff import backoff_delay
 from ..saf import SafItem, SafQueue, entry_key, owner_id
@@ -183,7 +184,8 @@ class HttpConnector:
                 raise OutcomeUnknown(f"{e}; reversal queued") from None
             except trio.Cancelled:
                 if state.sent:  # cancelled from outside after sending: still never leave it unreversed
-                    with trio.CancelScope(shield=True):
+                    with trio.CancelScope(shield=True), contextlib.suppress(StoreUnavailable):
+                        # Not durable (kept in memory): the record stays PENDING, and its recovery decides.
                         await self.queue_reversal(request, "cancelled after send", fence=fence)
                 raise
 

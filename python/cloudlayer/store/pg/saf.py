@@ -17,13 +17,17 @@ the issuer what Mypinpad was told was approved). This is what makes a reversal k
 outage longer than the lease safe to write later.
 
 PostgreSQL unavailable: a reversal is owed, so `add` never loses one while its claim is ours. It keeps the
-sealed entry in memory (`known` and `len` count it) and writes it, fenced, on every later call until it
-lands; an acknowledgement that could not be recorded is kept the same way (until then the row may be sent
-again after its lease: a repeat 0401, which the acquirer answers without reversing twice). Loop calls
-(`claim_due`, `next_due`, `purge_done`, `release`) report nothing and try again later; `record_attempt` says
-"do not send". Only a process that dies during the outage loses its memory: the transaction it reversed is
-still PENDING in the transaction store, and the host that recovers it inquires and reverses again
-(docs/postgres.md, "SAF in PostgreSQL").
+sealed entry in memory (`len` counts it) and writes it, fenced, on every later call until it lands, but it
+raises `ReversalNotDurable`: memory is not durable (a worker that exits or is killed loses it), so nothing
+that relies on the reversal may be recorded yet. The flow then answers 503 and leaves the record PENDING, so
+whoever recovers it later (this worker, once `known` could write the backlog, or another host after our
+lease) decides from what is durable. `known` writes the backlog first and raises while it cannot. An
+acknowledgement that could not be recorded is kept the same way (until then the row may be sent again after
+its lease: a repeat 0401, which the acquirer answers without reversing twice). Loop calls (`claim_due`,
+`next_due`, `purge_done`, `release`) report nothing and try again later; `record_attempt` says "do not send".
+A process that dies during the outage loses its memory, and nothing was recorded on it: the transaction is
+still PENDING in the transaction store, and whoever recovers it inquires and reverses again (docs/postgres.md,
+"SAF in PostgreSQL").
 
 Every method blocks (the network): call them through trio.to_thread.run_sync.
 """
@@ -78,6 +82,11 @@ _ENTRY_COLUMNS = (
     " lease_owner, coalesce(extract(epoch FROM leased_until)::float8, 0), terminal_id, stan, rrn, amount,"
     " original_mti, last_error"
 )
+
+
+class ReversalNotDurable(DatabaseUnavailable):
+    """The reversal is kept in this process's memory (written later, fenced), not in the database: record no
+    outcome that relies on it. A StoreUnavailable, so the transaction answers 503 and stays PENDING."""
 
 
 def _row(
@@ -210,11 +219,11 @@ class PgSafQueue:
             return bool(added)
         except DatabaseUnavailable as e:
             with self._lock:
-                if key in self._unwritten:
-                    return False
-                self._unwritten[key] = row
-            log.error("saf_kept_in_memory", stan=request.stan, terminal=request.terminal_id, error=str(e))
-            return True
+                kept = key in self._unwritten
+                self._unwritten.setdefault(key, row)
+            if not kept:
+                log.error("saf_kept_in_memory", stan=request.stan, terminal=request.terminal_id, error=str(e))
+            raise ReversalNotDurable(f"reversal kept in memory until the database answers: {e}") from None
 
     def claim_due(self, owner: str, lease_seconds: float, limit: int = 32) -> list[SafItem]:
         def claim(conn: Conn) -> list[SafItem]:
@@ -283,9 +292,9 @@ class PgSafQueue:
             log.warning("saf_database_unavailable", step="acknowledge", error=str(e))
 
     def known(self, key: bytes) -> bool:
-        with self._lock:
-            if key in self._unwritten or key in self._unrecorded_acks:
-                return True
+        # Only what the database holds counts: a reversal in memory may yet be lost with this process, or be
+        # dropped by its fence. Raises DatabaseUnavailable while the backlog cannot be written.
+        self._flush()
         k = key.decode("ascii")
 
         def look(conn: Conn) -> bool:

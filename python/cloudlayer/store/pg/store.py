@@ -256,7 +256,10 @@ class PgStore:
                     return Claim(ClaimOutcome.CONFLICT, existing)
                 if existing.state is State.COMPLETED:
                     return Claim(ClaimOutcome.REPLAY, existing)
-                if key not in self._abandoned and self._alive(existing.owner, left):
+                # Abandoned counts only for a claim still under our own id: a key this worker once gave up may
+                # since have been claimed by another host, whose live claim must not be taken over unawaited.
+                ours_given_up = key in self._abandoned and existing.owner == self.owner_id
+                if not ours_given_up and self._alive(existing.owner, left):
                     return Claim(ClaimOutcome.IN_FLIGHT, existing)
                 return Claim(ClaimOutcome.ORPHANED, existing)
             raise RuntimeError("claim: the record kept disappearing")
@@ -321,7 +324,7 @@ class PgStore:
         key = (client_id, transaction_id)
         event = Event(self._clock(), "taken-over", f"from {dead_owner}")
 
-        abandoned_here = key in self._abandoned
+        abandoned_here = key in self._abandoned and dead_owner == self.owner_id  # only our own gives no fence wait
 
         def do(conn: Conn) -> tuple[TransactionRecord, int, float | None] | None:
             if not abandoned_here and self._alive(dead_owner, lease_left(conn, dead_owner)):
