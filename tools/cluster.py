@@ -211,6 +211,8 @@ class Cluster:
                 "graceful_timeout": 5.0,
                 "sealing_key_file": str(s / "keys" / "sealing.key"),
                 "card_key_file": str(s / "keys" / "card.key"),
+                # HAProxy on loopback: its X-Forwarded-For names the client (docs/deploy.md §7).
+                "trusted_proxies": ["127.0.0.1/32"],
             },
             # One issuer, the balancer's URL. Clients and signing keys are in PostgreSQL (private keys sealed
             # with the shared ring); the pepper that hashes client secrets is a file every host holds.

@@ -58,6 +58,9 @@ frontend mypinpad
 
 backend cloudlayer
     balance roundrobin
+    # The client's address for the hosts' per-address token throttling (they trust 127.0.0.1:
+    # server.trusted_proxies); HAProxy appends it after any X-Forwarded-For the client sent itself.
+    option forwardfor
     option httpchk
     http-check send meth GET uri /readyz ver HTTP/1.1 hdr Host 127.0.0.1
     http-check expect status 200

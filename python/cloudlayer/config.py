@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from .http.client_address import parse_networks
+
 
 class ConfigError(Exception):
     """A configuration problem, phrased for an operator: names the key and what is wrong."""
@@ -52,6 +54,10 @@ class ServerConfig(_Section):
     worker_heartbeat_timeout: float = 10.0
     worker_start_timeout: float = 60.0
     max_body_bytes: int = 16_384
+    # Balancers whose X-Forwarded-For is believed (CIDRs or addresses, e.g. ["127.0.0.1/32"] behind `make
+    # cluster`'s HAProxy): the token endpoint's per-address throttling then keys the client's address, the
+    # rightmost hop not in these networks (http/client_address.py). Empty: the header is ignored.
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
     transaction_path: str = "/transaction/process"
     # Directory for generated state (dev cert, keys, client registry, LMDB) when paths are relative.
     var_dir: str = "var"
@@ -304,6 +310,10 @@ def _check(cfg: Config) -> None:
         raise bad("server.max_body_bytes", "must be at least 256")
     if not cfg.server.transaction_path.startswith("/"):
         raise bad("server.transaction_path", "must start with /")
+    try:
+        parse_networks(cfg.server.trusted_proxies)
+    except ValueError as e:
+        raise bad("server.trusted_proxies", f"has {e}") from None
     for key, value in (("server.bind", cfg.server.bind), ("metrics.bind", cfg.metrics.bind)):
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:

@@ -62,7 +62,9 @@ def register_routes(app: QuartTrio, service: OAuthService) -> None:
                 body=body,
                 query_string=request.query_string,
                 authorization=request.headers.getlist("Authorization"),
-                remote_addr=request.remote_addr or "unknown",
+                remote_addr=service.client_address.resolve(
+                    request.remote_addr, request.headers.getlist("X-Forwarded-For")
+                ),
             )
         )
         if answer.status == 200:

@@ -14,6 +14,7 @@ import trio
 from joserfc.errors import SecurityWarning
 
 from ..config import Config
+from ..http.client_address import ClientAddress, parse_networks
 from .backends import open_registry, open_runtime
 from .clients import ClientStore
 from .keys import SigningKeys
@@ -42,6 +43,7 @@ class OAuthService:
         self.verifier = TokenVerifier(keyring, clients, o.issuer, o.audience, o.leeway, o.token_cache_size)
         self.limiter = FailureLimiter(o.failure_window, o.slowdown_after, o.lockout_after)
         self.token_endpoint = TokenEndpoint(clients, self.issuer, self.limiter)
+        self.client_address = ClientAddress(parse_networks(cfg.server.trusted_proxies))
 
     @classmethod
     def from_config(cls, cfg: Config) -> OAuthService:

@@ -1,5 +1,6 @@
-"""Which sealing keys stored data still uses: the PENDING records of the transaction store and the queued
-reversals of the SAF queue are the only sealed blobs. A retired key is dropped only when this finds no user."""
+"""Which sealing keys stored data still uses: the PENDING records of the transaction store, the queued
+reversals of the SAF queue and (store.backend = "postgres") the OAuth signing keys' private halves are the only
+sealed blobs. A retired key is dropped only when this finds no user."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ def sealed_blob_usage(cfg: Config, sealer: Sealer) -> Counter[str]:
     from ..acquirer.saf import SafQueue
     from ..store.integrity import iter_records
 
-    if cfg.store.backend != "lmdb":
-        raise UsageUnknown(f"store.backend = {cfg.store.backend!r}: its sealed records are not scanned here")
     usage: Counter[str] = Counter()
+    if cfg.store.backend == "postgres":
+        usage += _postgres_usage(cfg)
     store = cfg.var_path(cfg.store.path)
     if (store / "data.mdb").exists():
         for rec in iter_records(store):
@@ -35,3 +36,25 @@ def sealed_blob_usage(cfg: Config, sealer: Sealer) -> Counter[str]:
         finally:
             queue.close()
     return usage
+
+
+def _postgres_usage(cfg: Config) -> Counter[str]:
+    """Every sealed column of the shared database; a database that cannot be read keeps every key."""
+    import msgspec
+    import psycopg
+
+    from ..store.pg.database import Database, DatabaseUnavailable
+    from ..store.pg.sealed_usage import sealed_usage
+    from ..store.pg.settings import PgSettings
+
+    settings = msgspec.structs.replace(PgSettings.from_config(cfg), pool_min=1, pool_max=1)
+    db = Database(settings, application_name="cloudlayer-keys-command")
+    try:
+        db.open_sync()
+        try:
+            return db.call_sync(sealed_usage)
+        finally:
+            db.close()
+    except (DatabaseUnavailable, psycopg.Error) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageUnknown(f"the PostgreSQL store's sealed records could not be scanned: {first}") from None
