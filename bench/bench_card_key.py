@@ -72,7 +72,7 @@ def in_txn_claim_us(store: LmdbStore, recs: list[TransactionRecord]) -> float:
     try:
         t0 = time.perf_counter()
         for rec in recs:
-            store._do_claim(txn, rec, now)
+            store._ops._claim(txn, rec, now)
         return (time.perf_counter() - t0) / len(recs) * 1e6
     finally:
         txn.abort()
@@ -117,7 +117,7 @@ def main() -> None:
         # A store that already holds records, as in service: the B-tree lookups are not into an empty tree.
         with warm._env.begin(write=True) as txn:
             for rec in records(args.records, True, "seed"):
-                warm._do_claim(txn, rec, time.time())
+                warm._ops._claim(txn, rec, time.time())
         for r in range(args.rounds):
             for with_key in (r % 2 == 0, r % 2 != 0):  # alternate which goes first
                 inside[with_key].append(in_txn_claim_us(warm, records(args.records, with_key, f"r{r}")))

@@ -73,7 +73,7 @@ async def _run(workdir: Path, port: int, n: int, concurrency: int) -> dict[str, 
         await nursery.start(store.run)
         await nursery.start(connector.run)
         await connector.wait_ready()
-        flow.attach(nursery)
+        await flow.attach(nursery)
         for body in bodies[n:]:  # warm-up
             await flow.process("bench", body)
         todo = iter(bodies[:n])

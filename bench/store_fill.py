@@ -21,7 +21,8 @@ from pathlib import Path
 
 from cloudlayer.config import StoreConfig
 from cloudlayer.store import codec
-from cloudlayer.store.lmdb_store import MB, LmdbStore
+from cloudlayer.store.lmdb_store import LmdbStore
+from cloudlayer.store.lmdb_writer import MB
 from cloudlayer.store.types import Event, State, TransactionRecord
 
 CHUNK = 50_000  # records per write transaction
@@ -108,7 +109,8 @@ def fill(
     empty store, stopping early when `budget_s` is spent. Uses the store's environment and database handles
     directly (bench only): the same keys and values `claim` + `complete` would have written."""
     env = store._env  # the bench writes through the store's own handles
-    dbs = (store._records, store._by_rrn, store._by_term_stan, store._by_created, store._by_completed, store._by_card)
+    d = store._dbs
+    dbs = (d.records, d.by_rrn, d.by_term_stan, d.by_created, d.by_completed, d.by_card)
     started = time.perf_counter()
     done = 0
     sample = codec.encode(record_at(0, records, client_id, answered_at(0)))

@@ -134,7 +134,7 @@ async def test_durable_across_reopen_and_lookups(store_backend: StoreBackend) ->
         stan, rrn = await store.next_ids()
         await store.claim(rec(stan=stan, rrn=rrn))
         await store.complete("c1", "t1", completion())
-        await store.add_events("c1", "t1", Event(2.0, "replayed"), replay=True)
+        await store.add_events("c1", "t1", Event(2.0, "replayed"), replays=1)
         await store.add_events("c1", "missing", Event(2.0, "replayed"))  # unknown: ignored, no error
         await store.claim(rec("t2"))
         before = await store.get("c1", "t1")
@@ -265,7 +265,7 @@ async def test_events_stay_bounded(store_backend: StoreBackend) -> None:
     async with store_backend.open() as store:
         await store.claim(rec(events=[Event(0.0, "received")]))
         for i in range(300):
-            await store.add_events("c1", "t1", Event(float(i), "replayed"), replay=True)
+            await store.add_events("c1", "t1", Event(float(i), "replayed"), replays=1)
         got = await store.get("c1", "t1")
         assert got is not None and got.replays == 300
         assert len(got.events) == 256

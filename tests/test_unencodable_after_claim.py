@@ -46,7 +46,7 @@ async def test_a_request_that_cannot_be_encoded_after_the_claim_is_refused_not_d
                 await nursery.start(connector.run)
                 with trio.fail_after(5):
                     await connector.wait_ready()
-                flow.attach(nursery)
+                await flow.attach(nursery)
                 on_the_wire = sim.ledger.messages  # the sign-on
                 first = await flow.process("mypinpad", raw)
                 again = await flow.process("mypinpad", raw)

@@ -71,7 +71,7 @@ class Services:
         await nursery.start(self.oauth.run)  # PostgreSQL: the shared clients and keys, loaded before serving
         await nursery.start(self.store.run)
         await nursery.start(self.connector.run)
-        self.flow.attach(nursery)
+        await self.flow.attach(nursery)
         metrics.initialise()
         nursery.start_soon(self._sample_metrics)
 

@@ -177,8 +177,8 @@ class TransactionStore(Protocol):
         """Durably mark COMPLETED with the exact response bytes; erases sealed_request."""
         ...
 
-    async def add_events(self, client_id: str, transaction_id: str, *events: Event, replay: bool = False) -> None:
-        """Append timeline events (and count a replay); batched with other writes."""
+    async def add_events(self, client_id: str, transaction_id: str, *events: Event, replays: int = 0) -> None:
+        """Append timeline events (and count `replays` more replays); batched with other writes."""
         ...
 
     async def wait_completed(self, client_id: str, transaction_id: str) -> TransactionRecord:

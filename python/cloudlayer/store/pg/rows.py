@@ -184,11 +184,11 @@ def find_awaited(conn: Conn, client_id: str, transaction_id: str) -> tuple[Trans
     return find_claimed(conn, client_id, transaction_id)
 
 
-def add_events(conn: Conn, client_id: str, transaction_id: str, events: list[Event], replay: bool) -> bool:
+def add_events(conn: Conn, client_id: str, transaction_id: str, events: list[Event], replays: int) -> bool:
     cur = conn.execute(
         f"UPDATE transactions t SET events = cl_trim_events(t.events || %s::bytea[], %s), replays = t.replays + %s"
         f" WHERE {_PK}",
-        (encode_events(events), codec.MAX_EVENTS, int(replay), client_id, transaction_id),
+        (encode_events(events), codec.MAX_EVENTS, max(0, replays), client_id, transaction_id),
     )
     return cur.rowcount == 1
 

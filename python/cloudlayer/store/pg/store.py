@@ -314,9 +314,9 @@ class PgStore:
         log.error("store_completion_fenced", transaction_id=transaction_id, state=current.state.value)
         raise LeaseLost("complete: fenced (taken over by another owner, or this owner's lease ran out)")
 
-    async def add_events(self, client_id: str, transaction_id: str, *events: Event, replay: bool = False) -> None:
+    async def add_events(self, client_id: str, transaction_id: str, *events: Event, replays: int = 0) -> None:
         checked = codec.validate_events(events)
-        found: bool = await self._call(lambda conn: rows.add_events(conn, client_id, transaction_id, checked, replay))
+        found: bool = await self._call(lambda conn: rows.add_events(conn, client_id, transaction_id, checked, replays))
         if not found:
             log.warning("store_events_unknown_transaction", events=len(checked))
 
