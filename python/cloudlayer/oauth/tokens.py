@@ -108,9 +108,10 @@ def _compact_signer(alg: str, kid: str, key: Any) -> _Signer | None:
     private = getattr(key, "private_key", None)
     if alg == "ES256" and isinstance(private, ec.EllipticCurvePrivateKey) and private.curve.name == "secp256r1":
         es256 = private
+        ecdsa_sha256 = ec.ECDSA(SHA256())  # immutable: built once, not per token
 
         def sign_es256(data: bytes) -> bytes:
-            r, s = decode_dss_signature(es256.sign(data, ec.ECDSA(SHA256())))
+            r, s = decode_dss_signature(es256.sign(data, ecdsa_sha256))
             return r.to_bytes(32, "big") + s.to_bytes(32, "big")  # JWS wants R || S (RFC 7518 3.4), not DER
 
         return header, sign_es256

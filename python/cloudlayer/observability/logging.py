@@ -178,8 +178,23 @@ def _may_hold_secret(text: str) -> bool:
     )
 
 
+# Fixed strings of ours that hold a hint word but are never a credential: the token route's event names and
+# RFC 6749 method names. Each would otherwise take both regex scans on every line it is in (~20 us of the
+# token route's ~40 us log line). A set of literals, never filled at run time, so nothing logged can join it.
+_CLEAN_LITERALS = frozenset(
+    {
+        "oauth_token_issued",
+        "oauth_token_throttled",
+        "oauth_client_auth_failed",
+        "client_secret_basic",
+        "client_secret_post",
+        "bearer_rejected",
+    }
+)
+
+
 def _scrub_text(text: str) -> str:
-    if len(text) < 8 or not _may_hold_secret(text):
+    if len(text) < 8 or text in _CLEAN_LITERALS or not _may_hold_secret(text):
         return text
     return redact_credentials(mask_pans(text))
 
