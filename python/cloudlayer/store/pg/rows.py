@@ -123,11 +123,18 @@ def set_reversed_by(conn: Conn, original: TransactionRecord, event: Event) -> No
     )
 
 
-def find_claimed(conn: Conn, client_id: str, transaction_id: str) -> tuple[TransactionRecord, float | None] | None:
+def find_claimed_op(client_id: str, transaction_id: str) -> Op[tuple[TransactionRecord, float | None] | None]:
     """The record under this key and the seconds left on its owner's lease (store/pg/lease.py; None: no lease)."""
-    row = conn.execute(f"SELECT {COLUMNS}, {_LEASE_LEFT} FROM transactions t WHERE {_PK}", (client_id, transaction_id))
-    found = row.fetchone()
-    return None if found is None else (to_record(found), found[N_COLUMNS])
+
+    def read(cur: Cursor) -> tuple[TransactionRecord, float | None] | None:
+        found = cur.fetchone()
+        return None if found is None else (to_record(found), found[N_COLUMNS])
+
+    return Op(f"SELECT {COLUMNS}, {_LEASE_LEFT} FROM transactions t WHERE {_PK}", (client_id, transaction_id), read)
+
+
+def find_claimed(conn: Conn, client_id: str, transaction_id: str) -> tuple[TransactionRecord, float | None] | None:
+    return find_claimed_op(client_id, transaction_id).run(conn)
 
 
 def complete_op(

@@ -383,7 +383,8 @@ class PgStore:
     # ---- reads -----------------------------------------------------------------------------------------
 
     async def get(self, client_id: str, transaction_id: str) -> TransactionRecord | None:
-        found = await self._call(lambda conn: rows.find_claimed(conn, client_id, transaction_id))
+        # Every request's first read (a resubmission's fast path): batched with the hot path's writes.
+        found = await self._run(rows.find_claimed_op(client_id, transaction_id))
         return None if found is None else found[0]
 
     async def _select(self, by: str, params: tuple[Any, ...], limit: int = 10_000) -> list[TransactionRecord]:
