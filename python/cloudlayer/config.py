@@ -126,6 +126,9 @@ class StoreConfig(_Section):
     postgres_connect_timeout: float = 5.0  # seconds for one connection attempt
     postgres_pool_timeout: float = 5.0  # seconds to wait for a free pooled connection
     postgres_statement_timeout: float = 5.0  # seconds, server-side, for every statement
+    # Claims and completions go through one batching database thread per worker (store/pg/pipeline.py);
+    # false: one pooled connection and one thread hop per statement, as everything else.
+    postgres_pipeline: bool = True
 
 
 class HttpAcquirerConfig(_Section):

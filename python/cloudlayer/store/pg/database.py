@@ -30,6 +30,7 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 Conn = psycopg.Connection[tuple[Any, ...]]
+Cursor = psycopg.Cursor[tuple[Any, ...]]
 
 
 class DatabaseUnavailable(StoreUnavailable):
@@ -59,7 +60,7 @@ def connect_kwargs(settings: PgSettings, application_name: str) -> dict[str, Any
     return kwargs
 
 
-def _unavailable(settings: PgSettings, e: BaseException) -> DatabaseUnavailable:
+def unavailable(settings: PgSettings, e: BaseException) -> DatabaseUnavailable:
     # psycopg's messages name host and port, never the password (it is not in the DSN); keep the first line.
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return DatabaseUnavailable(f"PostgreSQL {settings.describe()}: {first}")
@@ -94,7 +95,7 @@ class Database:
             self.pool.open(wait=True, timeout=self.settings.connect_timeout + self.settings.pool_timeout)
         except (PoolTimeout, psycopg.Error) as e:
             self.pool.close(timeout=1.0)
-            raise _unavailable(self.settings, self._why_not(e)) from None
+            raise unavailable(self.settings, self._why_not(e)) from None
         self._opened = True
 
     def _why_not(self, e: BaseException) -> BaseException:
@@ -125,7 +126,7 @@ class Database:
                 return fn(conn)
         except (PoolTimeout, psycopg.OperationalError) as e:
             # OperationalError: connection lost, server shutting down, statement_timeout (QueryCanceled)...
-            raise _unavailable(self.settings, e) from None
+            raise unavailable(self.settings, e) from None
 
     async def call(self, fn: Callable[[Conn], T]) -> T:
         with trio.move_on_after(self.settings.pool_timeout) as waited:

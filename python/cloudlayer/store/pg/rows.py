@@ -19,8 +19,9 @@ from psycopg.pq import TransactionStatus
 
 from .. import codec
 from ..types import Completion, Event, State, TransactionRecord
-from .database import Conn
+from .database import Conn, Cursor
 from .listener import CHANNEL, key_of
+from .ops import Op
 
 log = structlog.get_logger(__name__)
 _event_encoder = msgspec.msgpack.Encoder()
@@ -69,27 +70,34 @@ def claim_blob(rec: TransactionRecord) -> bytes:
     return codec.encode(msgspec.structs.replace(rec, sealed_request=None, events=[], owner="", reversed_by=""))
 
 
-def insert_claim(conn: Conn, rec: TransactionRecord) -> bool:
-    cur = conn.execute(
-        "INSERT INTO transactions (client_id, transaction_id, fingerprint, state, owner, rrn, terminal_id, stan,"
-        " created_at, sealed_request, events, record, card_key)"
-        " VALUES (%s, %s, %s, 'PENDING', %s, %s, %s, %s, %s, %s, %s::bytea[], %s, %s) ON CONFLICT DO NOTHING",
-        (
-            rec.client_id,
-            rec.transaction_id,
-            rec.fingerprint,
-            rec.owner,
-            rec.rrn,
-            rec.terminal_id,
-            rec.stan,
-            rec.created_at,
-            rec.sealed_request,
-            encode_events(rec.events),
-            claim_blob(rec),
-            rec.card_key or None,
-        ),
+_INSERT_CLAIM = (
+    "INSERT INTO transactions (client_id, transaction_id, fingerprint, state, owner, rrn, terminal_id, stan,"
+    " created_at, sealed_request, events, record, card_key)"
+    " VALUES (%s, %s, %s, 'PENDING', %s, %s, %s, %s, %s, %s, %s::bytea[], %s, %s) ON CONFLICT DO NOTHING"
+)
+
+
+def claim_op(rec: TransactionRecord) -> Op[bool]:
+    """The claim's INSERT, queued (store/pg/pipeline.py) or run at once (insert_claim): True if it inserted."""
+    params = (
+        rec.client_id,
+        rec.transaction_id,
+        rec.fingerprint,
+        rec.owner,
+        rec.rrn,
+        rec.terminal_id,
+        rec.stan,
+        rec.created_at,
+        rec.sealed_request,
+        encode_events(rec.events),
+        claim_blob(rec),
+        rec.card_key or None,
     )
-    return cur.rowcount == 1
+    return Op(_INSERT_CLAIM, params, lambda cur: cur.rowcount == 1)
+
+
+def insert_claim(conn: Conn, rec: TransactionRecord) -> bool:
+    return claim_op(rec).run(conn)
 
 
 def find_by_card_key(conn: Conn, client_id: str, card_key: bytes) -> TransactionRecord | None:
@@ -115,48 +123,72 @@ def set_reversed_by(conn: Conn, original: TransactionRecord, event: Event) -> No
     )
 
 
-def find_claimed(conn: Conn, client_id: str, transaction_id: str) -> tuple[TransactionRecord, float | None] | None:
+def find_claimed_op(client_id: str, transaction_id: str) -> Op[tuple[TransactionRecord, float | None] | None]:
     """The record under this key and the seconds left on its owner's lease (store/pg/lease.py; None: no lease)."""
-    row = conn.execute(f"SELECT {COLUMNS}, {_LEASE_LEFT} FROM transactions t WHERE {_PK}", (client_id, transaction_id))
-    found = row.fetchone()
-    return None if found is None else (to_record(found), found[N_COLUMNS])
+
+    def read(cur: Cursor) -> tuple[TransactionRecord, float | None] | None:
+        found = cur.fetchone()
+        return None if found is None else (to_record(found), found[N_COLUMNS])
+
+    return Op(f"SELECT {COLUMNS}, {_LEASE_LEFT} FROM transactions t WHERE {_PK}", (client_id, transaction_id), read)
+
+
+def find_claimed(conn: Conn, client_id: str, transaction_id: str) -> tuple[TransactionRecord, float | None] | None:
+    return find_claimed_op(client_id, transaction_id).run(conn)
+
+
+def complete_op(
+    client_id: str, transaction_id: str, owner: str, epoch: int, c: Completion, now: float
+) -> Op[tuple[TransactionRecord | None, str | None]]:
+    """PENDING under `owner` at `epoch`, its lease live -> COMPLETED with the answer, card data erased, in one
+    statement. None: fenced (not PENDING under that owner and epoch: completed, or taken over; or the owner's
+    lease has run out). Its `notify`: the key to NOTIFY after the commit, only if a waiter marked the row
+    (migration 0007)."""
+    params = (
+        now,
+        c.response_status,
+        c.response_body,
+        c.response_code,
+        c.approved,
+        c.authorisation_code,
+        c.outcome,
+        encode_events(c.events),
+        codec.MAX_EVENTS,
+        client_id,
+        transaction_id,
+        owner,
+        epoch,
+    )
+    key = key_of(client_id, transaction_id)
+
+    def read(cur: Cursor) -> tuple[TransactionRecord | None, str | None]:
+        row = cur.fetchone()
+        if row is None:
+            return None, None
+        return to_record(row), key if row[N_COLUMNS] else None
+
+    return Op(_COMPLETE, params, read, notify=lambda done: done[1])
+
+
+_COMPLETE = (
+    "UPDATE transactions t SET state = 'COMPLETED', completed_at = %s, sealed_request = NULL,"
+    " response_status = %s, response_body = %s, response_code = %s, approved = %s, authorisation_code = %s,"
+    " outcome = %s, events = cl_trim_events(t.events || %s::bytea[], %s)"
+    f" WHERE {_PK} AND t.state = 'PENDING' AND t.owner = %s AND t.epoch = %s AND {_LEASE_LIVE}"
+    f" RETURNING {COLUMNS}, t.awaited"
+)
 
 
 def complete(
     conn: Conn, client_id: str, transaction_id: str, owner: str, epoch: int, c: Completion, now: float
 ) -> TransactionRecord | None:
-    """PENDING under `owner` at `epoch`, its lease live -> COMPLETED with the answer, card data erased, in one
-    statement; then, only if a waiter marked the row (migration 0007), NOTIFY in a statement of its own. None:
-    fenced (not PENDING under that owner and epoch: completed, or taken over; or the owner's lease has run out).
+    """complete_op at once; then, only if a waiter marked the row, NOTIFY in a statement of its own.
     On an autocommit connection the NOTIFY's transaction writes nothing: it holds the notify lock without a WAL
     flush. Inside a caller's transaction (a REVERSAL's) it is sent on that commit, as a trigger's was."""
-    row = conn.execute(
-        "UPDATE transactions t SET state = 'COMPLETED', completed_at = %s, sealed_request = NULL,"
-        " response_status = %s, response_body = %s, response_code = %s, approved = %s, authorisation_code = %s,"
-        " outcome = %s, events = cl_trim_events(t.events || %s::bytea[], %s)"
-        f" WHERE {_PK} AND t.state = 'PENDING' AND t.owner = %s AND t.epoch = %s AND {_LEASE_LIVE}"
-        f" RETURNING {COLUMNS}, t.awaited",
-        (
-            now,
-            c.response_status,
-            c.response_body,
-            c.response_code,
-            c.approved,
-            c.authorisation_code,
-            c.outcome,
-            encode_events(c.events),
-            codec.MAX_EVENTS,
-            client_id,
-            transaction_id,
-            owner,
-            epoch,
-        ),
-    ).fetchone()
-    if row is None:
-        return None
-    if row[N_COLUMNS]:  # another worker or host waits: wake it (store/pg/listener.py)
-        _notify(conn, key_of(client_id, transaction_id))
-    return to_record(row)
+    done, notify = complete_op(client_id, transaction_id, owner, epoch, c, now).run(conn)
+    if notify is not None:  # another worker or host waits: wake it (store/pg/listener.py)
+        _notify(conn, notify)
+    return done
 
 
 def _notify(conn: Conn, key: str) -> None:

@@ -33,6 +33,7 @@ class PgSettings(msgspec.Struct, frozen=True, kw_only=True):
     connect_timeout: float
     pool_timeout: float
     statement_timeout: float
+    pipeline: bool = True  # claims and completions batched by one thread (store/pg/pipeline.py)
 
     @classmethod
     def from_config(cls, cfg: Config) -> PgSettings:
@@ -46,6 +47,7 @@ class PgSettings(msgspec.Struct, frozen=True, kw_only=True):
             connect_timeout=s.postgres_connect_timeout,
             pool_timeout=s.postgres_pool_timeout,
             statement_timeout=s.postgres_statement_timeout,
+            pipeline=s.postgres_pipeline,
         )
 
     def password(self) -> str | None:

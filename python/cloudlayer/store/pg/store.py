@@ -16,7 +16,8 @@
   - waiting for a duplicate in flight anywhere: LISTEN/NOTIFY (store/pg/listener.py) with a bounded poll; the
     waiter marks the row, and only a marked row's completion notifies, after its commit (migration 0007);
   - STAN/RRN: blocks of store.ids.BLOCK from the `id_blocks` sequence, unique across hosts and restarts.
-PostgreSQL groups concurrent commits into one WAL flush itself: there is no batching writer here.
+Claims and completions go through one batching thread per worker (store/pg/pipeline.py, psycopg pipeline mode:
+one round trip and one commit per batch; `store.postgres_pipeline = false`: the pool, one statement a hop).
 Card keys and a REVERSAL's hold on its original: store/pg/keys.py (migration 0004).
 Why this makes a paused host harmless, and the residual risk: docs/postgres.md "Leases and fencing".
 """
@@ -52,6 +53,8 @@ from . import rows
 from .database import Conn, Database, DatabaseUnavailable, connect_kwargs
 from .lease import Lease, fence_wait, lease_left
 from .listener import CompletionListener, key_of
+from .ops import Op
+from .pipeline import Pipeline
 from .settings import PgSettings
 
 if TYPE_CHECKING:
@@ -92,6 +95,7 @@ class PgStore:
         self._on_lease_lost = on_lease_lost
         self._epochs: dict[tuple[str, str], int] = {}  # claims taken over here (epoch > 0), still PENDING
         self._db = Database(settings)
+        self._pipe = Pipeline(settings) if settings.pipeline else None
         self._listener = CompletionListener(settings.dsn, connect_kwargs(settings, "cloudlayer-listener"))
         self._abandoned: set[tuple[str, str]] = set()
         self._reversals: set[tuple[str, str]] = set()  # REVERSALs claimed or taken over here, still PENDING
@@ -143,15 +147,26 @@ class PgStore:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._pipe is not None:
+                self._pipe.close()
             self._db.close()
 
     async def _call(self, fn: Callable[[Conn], Any]) -> Any:
+        return await self._db_call(self._db.call, fn)
+
+    async def _run(self, op: Op[Any]) -> Any:
+        """One statement of the hot path: batched by the pipeline thread, or on the pool without it."""
+        if self._pipe is None:
+            return await self._call(op.run)
+        return await self._db_call(self._pipe.run, op)
+
+    async def _db_call(self, call: Callable[[Any], Any], arg: Any) -> Any:
         if self._closed:
             raise RuntimeError("store is closed")
         if not self._opened:
             raise RuntimeError("store is not open: start run() (or open()) first")
         try:
-            result = await self._db.call(fn)
+            result = await call(arg)
         except DatabaseUnavailable:
             self._ok = False
             raise
@@ -265,7 +280,12 @@ class PgStore:
             raise RuntimeError("claim: the record kept disappearing")
 
         try:
-            result: Claim = await self._call(do)
+            # The hot path first: one INSERT, batched with other requests' (store/pg/pipeline.py); a duplicate,
+            # a REVERSAL or a card key already claimed then goes the pool path, the INSERT again a no-op.
+            if not is_reversal and await self._run(rows.claim_op(rec)):
+                result = Claim(ClaimOutcome.NEW, rec)
+            else:
+                result = await self._call(do)
         except DatabaseUnavailable:
             # The INSERT may have committed before the connection failed: if it did, the record is PENDING under
             # our live owner id and nobody would finish it; counted as abandoned, a resubmission here recovers it.
@@ -288,9 +308,12 @@ class PgStore:
         # completion stays one statement (the hot path).
         complete = pg_keys.complete_reversal if key in self._reversals else rows.complete
         epoch = self._epochs.get(key, 0)
-        done: TransactionRecord | None = await self._call(
-            lambda conn: complete(conn, client_id, transaction_id, self.owner_id, epoch, c, now)
-        )
+        done: TransactionRecord | None
+        if complete is rows.complete:  # batched; its NOTIFY (if awaited) after the batch commits
+            done, _ = await self._run(rows.complete_op(client_id, transaction_id, self.owner_id, epoch, c, now))
+        else:
+            owner = self.owner_id
+            done = await self._call(lambda conn: complete(conn, client_id, transaction_id, owner, epoch, c, now))
         if done is None:
             await self._refused(client_id, transaction_id)
         assert done is not None
@@ -363,7 +386,8 @@ class PgStore:
     # ---- reads -----------------------------------------------------------------------------------------
 
     async def get(self, client_id: str, transaction_id: str) -> TransactionRecord | None:
-        found = await self._call(lambda conn: rows.find_claimed(conn, client_id, transaction_id))
+        # Every request's first read (a resubmission's fast path): batched with the hot path's writes.
+        found = await self._run(rows.find_claimed_op(client_id, transaction_id))
         return None if found is None else found[0]
 
     async def _select(self, by: str, params: tuple[Any, ...], limit: int = 10_000) -> list[TransactionRecord]:
