@@ -28,11 +28,12 @@ from . import spec
 from .backoff import backoff_delay
 from .codec import EncodeError, FrameError, FrameReader, Framing, Message, decode, encode
 from .link import Key, _Fenced, _Link, _NotSent, _Pending, _Queued, _SendState, _Unknown
+from .link_writer import write_frames
 from .messages import build_request, network_request, parse_response, request_mti, reversal_for
 from .saf import SafItem, SafQueue, entry_key, owner_id
 from .saf_forwarding import SafForwarder
 from .saf_store import SafStore
-from .tls import client_context, connect_failure
+from .tls import client_context, connect_failure, open_stream
 from .types import (
     AcquirerRequest,
     AcquirerResponse,
@@ -283,74 +284,13 @@ class Iso8583Connector:
             raise _NotSent("connection closed")
         link.enqueue(item)
 
-    async def _writer(self, link: _Link) -> None:
-        """The link's one writer: every frame queued since its last send goes out in ONE send_all (concurrent
-        requests coalesce into one syscall instead of one each). Frames are whole and joined whole; a send_all
-        cut short would leave half a frame on the wire, so it is shielded from cancellation from outside (a
-        link drop included) and bounded by the acquirer timeout; if it cannot finish, the connection is dropped."""
-        stream = link.stream
-        assert stream is not None
-        while True:
-            await link.outbox_ready.wait()
-            link.outbox_ready = trio.Event()
-            batch, link.outbox = link.outbox, []
-            if not batch:
-                continue
-            # The store's send guard, at the last moment before the write (nothing is marked sent yet): a
-            # transaction frame whose worker may have lost its lease never leaves (docs/postgres.md).
-            batch = [item for item in batch if self._may_send(item)]
-            if not batch:
-                continue
-            for item in batch:  # taken: from here on each may have reached the acquirer
-                item.state.sent = True
-            data = batch[0].frame if len(batch) == 1 else b"".join(item.frame for item in batch)
-            # THE acquirer frame write: the only one on a link.
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + self._cfg.timeout) as scope:
-                try:
-                    await stream.send_all(data)
-                except trio.ClosedResourceError:
-                    for item in batch:
-                        item.state.sent = False
-                        if item.pending is not None:
-                            item.pending.fail_not_sent("connection closed")
-                    link.drop("connection closed")
-                    return
-                except (trio.BrokenResourceError, OSError) as e:
-                    link.drop(f"send failed: {type(e).__name__}")  # the callers hear 'link lost': outcome unknown
-                    return
-            if scope.cancelled_caught:
-                link.drop("send stalled")
-                return
-
-    @staticmethod
-    def _may_send(item: _Queued) -> bool:
-        guard = item.state.guard
-        if guard is None or guard.may_send():
-            return True
-        if item.pending is not None:
-            item.pending.fail_fenced("not sent: this worker's store lease may have run out")
-        return False
-
     # --- links ------------------------------------------------------------------------------------------
-
-    async def _connect(self) -> trio.abc.Stream:
-        with trio.fail_after(self._cfg.connect_timeout):
-            tcp = await trio.open_tcp_stream(self._host, self._port)
-            if self._tls is None:
-                return tcp
-            tls = trio.SSLStream(tcp, self._tls, server_hostname=self._host)  # checks the name, not only the CA
-            try:
-                await tls.do_handshake()
-            except BaseException:
-                await trio.aclose_forcefully(tcp)  # a refused handshake must not leak the socket, once per retry
-                raise
-            return tls
 
     async def _link_loop(self, link: _Link) -> None:
         attempt = 0
         while True:
             try:
-                stream = await self._connect()
+                stream = await open_stream(self._host, self._port, self._tls, self._cfg.connect_timeout)
             except (OSError, trio.TooSlowError, trio.BrokenResourceError, ssl.SSLError) as e:
                 error, reason = connect_failure(e)
                 log.warning("acquirer_connect_failed", link=link.index, error=error, reason=reason, attempt=attempt)
@@ -364,7 +304,7 @@ class Iso8583Connector:
                 async with trio.open_nursery() as nursery:
                     link.scope = nursery.cancel_scope
                     nursery.start_soon(self._reader, link)
-                    nursery.start_soon(self._writer, link)
+                    nursery.start_soon(write_frames, link, self._cfg.timeout)
                     signed_on = await self._sign_on(link)
                     if signed_on:
                         link.up = True

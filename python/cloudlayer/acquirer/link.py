@@ -76,7 +76,7 @@ class _Link:
         self.index = index
         self.stream: trio.abc.Stream | None = None
         self.up = False  # connected and signed on
-        # Frames written by concurrent requests, sent together by the link's one writer task (connector._writer).
+        # Frames written by concurrent requests, sent together by the link's one writer task (link_writer.write_frames).
         self.outbox: list[_Queued] = []
         self.outbox_ready = trio.Event()
         self.pending: set[Key] = set()

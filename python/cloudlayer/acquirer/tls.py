@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import trio
+
 if TYPE_CHECKING:
     from ..config import AcquirerConfig, Config
 
@@ -59,3 +61,18 @@ def connect_failure(e: BaseException) -> tuple[str, str | None]:
     if cause is None:
         return type(e).__name__, None
     return type(cause).__name__, getattr(cause, "verify_message", None) or getattr(cause, "reason", None)
+
+
+async def open_stream(host: str, port: int, tls: ssl.SSLContext | None, connect_timeout: float) -> trio.abc.Stream:
+    """One connection to the acquirer, TLS handshake included, within connect_timeout."""
+    with trio.fail_after(connect_timeout):
+        tcp = await trio.open_tcp_stream(host, port)
+        if tls is None:
+            return tcp
+        stream = trio.SSLStream(tcp, tls, server_hostname=host)  # checks the name, not only the CA
+        try:
+            await stream.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(tcp)  # a refused handshake must not leak the socket, once per retry
+            raise
+        return stream
