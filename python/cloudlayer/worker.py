@@ -23,7 +23,7 @@ from hypercorn.config import Sockets
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import check_multiprocess_shutdown_event, load_application
 
-from . import hypercorn_fixes, hypercorn_send
+from . import gc_tuning, hypercorn_fixes, hypercorn_send
 from .config import LoggingConfig
 from .observability import metrics
 from .observability.logging import configure_logging
@@ -91,6 +91,7 @@ def worker_main(
     configure_logging(logging_cfg)
     hypercorn_fixes.apply(tcp_quickack=getattr(config, "tcp_quickack", True))
     hypercorn_send.apply()  # one write per HTTP/1.1 response
+    gc_tuning.tune()  # last: after every import
     metrics.WORKERS.inc()
     for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
         sock.listen(config.backlog)
