@@ -51,6 +51,7 @@ def test_backup_under_load_restores_a_host_that_replays_and_forwards(tmp_path: P
     restored_server: ServerProcess | None = None
     try:
         host.start()
+        host.wait_links_up(2)  # both workers signed on before the acquirer's answers are dropped
         token = host.token()
         # 1. A reversal queued: the acquirer's answer to a purchase and to its reversal are lost.
         simulator.set_faults(drop_answers=True)

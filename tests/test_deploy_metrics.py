@@ -53,6 +53,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Sample]]
     host = Host(directory / "host", sim, workers=2, acquirer_timeout=1.0, metrics=True)
     try:
         host.start()
+        host.wait_links_up(2)  # both workers signed on before the faults (else the survivor of the kill has none)
         token = host.token()
         with httpx.Client(base_url=host.url, timeout=15) as client:
 

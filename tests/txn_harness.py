@@ -183,6 +183,15 @@ class Host:
             time.sleep(0.05)
         raise AssertionError("the dead worker was not replaced")
 
+    def wait_links_up(self, count: int, timeout: float = 30) -> None:
+        """Until `count` acquirer links have signed on. /readyz answers from whichever worker takes the connection,
+        so a host with 2 workers can say ready while the other's sign-on is still on the wire: a test that then
+        drops the acquirer's answers would leave that worker without a link for good."""
+        deadline = time.monotonic() + timeout
+        while self.log_text().count('"event":"acquirer_link_up"') < count:
+            assert time.monotonic() < deadline, f"fewer than {count} acquirer links signed on in {timeout} s"
+            time.sleep(0.05)
+
     def wait_exit(self, timeout: float = 30) -> int:
         assert self.server is not None
         return self.server.wait(timeout)
