@@ -6,7 +6,7 @@ threshold (a gen-0 collection every 700 net container allocations) still ran ~1,
 full collections in one bench window (`bench/run.py --scenario unique --targets host --no-sweep --duration 10`,
 a worker's lifetime: ~0.9 s of its CPU, ~120 us a request, measured with gc.callbacks), each full one walking every
 object the imports left behind. With everything imported frozen (never walked again) and gen 0 collected every
-7,000 net allocations, the same run collected 22 + 2 + 0 times in 0.08 s, and served 573 req/s against 509.
+7,000 net allocations, the same run collected 22 + 2 + 0 times in 0.08 s (whole-path figures, paired: bench/README.md).
 
 Cycles are still collected (trio's exceptions and their tracebacks make some): 7,000 net allocations is a few
 requests' worth, so nothing builds up; only how often the collector looks changes.

@@ -14,6 +14,7 @@ response) sends the held head first. HTTP/2 is untouched (h2 frames are already 
 
 What we keep from Hypercorn: the h11 state machine decides every byte, exactly as before; only when the bytes
 are handed to the socket changes. tests/test_hypercorn_send.py holds the bytes on the wire to what h11 makes.
+A patch, not a setting: Hypercorn has none for it; remove this module if Hypercorn comes to join them itself.
 """
 
 from __future__ import annotations
